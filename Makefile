@@ -1,0 +1,39 @@
+# Set-up and checks for kosmos25. `make install`, then `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+# CPU build by default (on these machines it is on local disk); GPU users pass their CUDA build,
+# e.g. make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+TINY_MODEL ?= build/tiny-kosmos25
+
+.PHONY: install test tiny-model poppler clean
+
+install: poppler
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@echo "installed: $(BIN)/kosmos25 (activate with: . $(BIN)/activate)"
+
+# PDFs need poppler's pdftoppm; install it through apt when it is missing and apt is there.
+poppler:
+	@if command -v pdftoppm >/dev/null 2>&1; then \
+		echo "pdftoppm found: $$(command -v pdftoppm)"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q poppler-utils; \
+	else \
+		echo "WARNING: pdftoppm (poppler) not found and apt-get is not available: install poppler" \
+		     "(macOS: brew install poppler) to read PDFs; images work without it." >&2; \
+	fi
+
+test:
+	$(BIN)/python -m pytest -q
+
+# A tiny trained checkpoint for trying the commands without the real model (about 15 s on CPU).
+tiny-model:
+	$(BIN)/python tests/tiny_checkpoint.py $(TINY_MODEL)
+
+clean:
+	rm -rf build .pytest_cache .cache

@@ -1,0 +1,61 @@
+"""The library's entry point: one run of `ocr` or `md` over a list of paths.
+
+Ties the pieces together in data-flow order: inputs -> runner -> parsing -> writers.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .inputs import PageOptions, collect_documents
+from .pipeline import Pipeline, Reporter, RunRequest, RunSummary
+from .runner import ModelRunner, RunnerSettings, auto_batch_size
+from .writers import DirectorySink, StdoutSink
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything one run needs, as given on the command line."""
+
+    task: str
+    paths: tuple[str, ...]
+    fmt: str
+    output_dir: Path | None = None
+    overwrite: bool = False
+    batch_size: int | None = None  # None: chosen from free memory
+    page_options: PageOptions = field(default_factory=PageOptions)
+    runner: RunnerSettings = field(default_factory=RunnerSettings)
+
+
+def execute(job: Job, reporter: Reporter, stdin: io.BufferedIOBase | None = None) -> RunSummary:
+    """Run a job to the end (or until Ctrl-C / SIGTERM) and return its summary.
+
+    Raises UsageError, ModelUnavailable or OutputFailed for run-wide failures; a
+    failing input is reported through `reporter` and counted, and the run goes on.
+    The model is loaded once, and not at all when every output already exists.
+    """
+    documents, missing = collect_documents(job.paths, stdin)
+    if job.output_dir is not None:
+        sink = DirectorySink(job.output_dir, job.fmt, overwrite=job.overwrite)
+        sink.check_writable()
+    else:
+        sink = StdoutSink(job.fmt, several=len(documents) > 1)
+    runner: ModelRunner | None = None
+    if any(not sink.is_done(doc) for doc in documents):
+        runner = ModelRunner(job.runner)
+    batch_size = job.batch_size or (auto_batch_size(runner) if runner else 1)
+    request = RunRequest(job.task, job.runner.model, job.page_options, batch_size)
+    pipeline = Pipeline(request, runner.generate if runner else _no_model, sink, reporter)
+    for source, error in missing:
+        pipeline.fail_input(source, error)
+    try:
+        pipeline.run(documents)
+    except KeyboardInterrupt:
+        pipeline.summary.interrupted = True
+    return pipeline.summary
+
+
+def _no_model(images, task):  # pragma: no cover - only reached if every output existed
+    raise RuntimeError("model was not loaded because every output already existed")

@@ -1,0 +1,350 @@
+"""Inputs: command-line paths -> documents -> pages (RGB images), lazily.
+
+A document is one input file (or stdin). Its pages are produced one at a time so
+that a 500-page PDF is never held in memory at once.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tempfile
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+
+from .errors import (
+    CorruptInput,
+    ImageTooLarge,
+    InputError,
+    InputNotFound,
+    PageOutOfRange,
+    PasswordRequired,
+    PdfRendererMissing,
+    UnreadableInput,
+    UnsupportedInput,
+    UsageError,
+)
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp", ".gif"})
+PDF_SUFFIXES = frozenset({".pdf"})
+SUPPORTED_SUFFIXES = IMAGE_SUFFIXES | PDF_SUFFIXES
+DEFAULT_MAX_PIXELS = 180_000_000
+STDIN = "-"
+
+
+@dataclass(frozen=True)
+class Document:
+    """One input: a file, or stdin's bytes.
+
+    `output_name` is the path (relative, without the output suffix) of this input's
+    result under `-o DIR`, mirroring sub-folders of a directory argument.
+    """
+
+    source: str
+    path: Path | None
+    output_name: PurePosixPath
+    data: bytes | None = field(default=None, repr=False)
+
+    @property
+    def is_pdf(self) -> bool:
+        if self.path is not None and self.path.suffix.lower() in PDF_SUFFIXES:
+            return True
+        head = self.data[:5] if self.data is not None else _read_head(self.path)
+        return head.startswith(b"%PDF")
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page ready for the model: RGB pixels plus where it came from."""
+
+    number: int
+    image: Image.Image
+    dpi: int | None
+
+
+@dataclass(frozen=True)
+class PageOptions:
+    """How documents are turned into pages."""
+
+    dpi: int = 200
+    pages: frozenset[int] | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    password: str | None = None
+
+
+def parse_page_selection(spec: str | None) -> frozenset[int] | None:
+    """Parse `--pages` like `1-3,7` (1-based, inclusive) into a set of page numbers."""
+    if spec is None or not spec.strip():
+        return None
+    pages: set[int] = set()
+    for part in spec.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not match:
+            raise UsageError(f"--pages: cannot read {part.strip()!r}; use page numbers and ranges like 1-3,7")
+        first = int(match.group(1))
+        last = int(match.group(2) or first)
+        if first < 1 or last < first:
+            raise UsageError(f"--pages: {part.strip()!r} is not a valid range (pages start at 1)")
+        pages.update(range(first, last + 1))
+    return frozenset(pages)
+
+
+def collect_documents(
+    paths: Iterable[str], stdin: io.BufferedIOBase | None = None
+) -> tuple[list[Document], list[tuple[str, InputError]]]:
+    """Expand command-line paths into documents, in order.
+
+    Directories are walked recursively in sorted order, taking supported files only.
+    `-` reads one document from `stdin`. Missing paths come back as errors so the
+    rest of the run can go on. Raises UsageError if two inputs would write the same
+    output file.
+    """
+    documents: list[Document] = []
+    errors: list[tuple[str, InputError]] = []
+    seen: set[Path] = set()
+    for arg in paths:
+        if arg == STDIN:
+            if stdin is None:
+                raise UsageError("'-' given but there is no standard input to read")
+            documents.append(Document(source=STDIN, path=None, output_name=PurePosixPath("stdin"), data=stdin.read()))
+            continue
+        path = Path(arg)
+        if path.is_dir():
+            for file, relative in _walk(path):
+                if file.resolve() not in seen:
+                    seen.add(file.resolve())
+                    documents.append(Document(str(file), file, relative))
+        elif path.exists():
+            if path.resolve() not in seen:
+                seen.add(path.resolve())
+                documents.append(Document(arg, path, PurePosixPath(path.name)))
+        else:
+            errors.append((arg, InputNotFound(f"{arg}: no such file or directory")))
+    return _name_outputs(documents), errors
+
+
+def _walk(root: Path) -> Iterator[tuple[Path, PurePosixPath]]:
+    for folder, subfolders, files in os.walk(root):
+        subfolders.sort()
+        for name in sorted(files):
+            file = Path(folder, name)
+            if file.suffix.lower() in SUPPORTED_SUFFIXES and not name.startswith("."):
+                yield file, PurePosixPath(file.relative_to(root).as_posix())
+
+
+def _name_outputs(documents: list[Document]) -> list[Document]:
+    """Drop the input suffix from output names unless that makes two names collide."""
+    by_stem: dict[PurePosixPath, list[int]] = defaultdict(list)
+    for index, doc in enumerate(documents):
+        by_stem[doc.output_name.with_suffix("")].append(index)
+    named = list(documents)
+    for stem, indices in by_stem.items():
+        if len(indices) == 1:
+            doc = documents[indices[0]]
+            named[indices[0]] = Document(doc.source, doc.path, stem, doc.data)
+    final: dict[PurePosixPath, str] = {}
+    for doc in named:
+        if doc.output_name in final:
+            raise UsageError(
+                f"{final[doc.output_name]} and {doc.source} would write the same output file; "
+                "process them in separate runs or pass their common folder"
+            )
+        final[doc.output_name] = doc.source
+    return named
+
+
+def _read_head(path: Path | None) -> bytes:
+    try:
+        with open(path, "rb") as handle:  # type: ignore[arg-type]
+            return handle.read(8)
+    except OSError:
+        return b""
+
+
+def iter_pages(doc: Document, options: PageOptions) -> Iterator[Page]:
+    """Yield the selected pages of a document one at a time, as RGB images.
+
+    Page numbers are the document's own, 1-based. Raises an InputError subclass
+    naming the file for anything that cannot be read.
+    """
+    if doc.is_pdf:
+        yield from _iter_pdf_pages(doc, options)
+    else:
+        yield from _iter_image_pages(doc, options)
+
+
+def _selected(doc: Document, total: int, selection: frozenset[int] | None) -> list[int]:
+    if selection is None:
+        return list(range(1, total + 1))
+    missing = sorted(p for p in selection if p > total)
+    if missing:
+        raise PageOutOfRange(
+            f"{doc.source}: --pages asks for page {missing[0]} but the document has {total} page{'s' * (total != 1)}"
+        )
+    return sorted(selection)
+
+
+# --- images -----------------------------------------------------------------
+
+
+@contextmanager
+def _open_image(doc: Document, max_pixels: int) -> Iterator[Image.Image]:
+    from PIL import Image, UnidentifiedImageError
+
+    # Our own limit replaces Pillow's global decompression-bomb check, with a clear message.
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        image = Image.open(io.BytesIO(doc.data) if doc.data is not None else doc.path)
+    except UnidentifiedImageError:
+        raise _not_an_image(doc) from None
+    except PermissionError:
+        raise UnreadableInput(f"{doc.source}: permission denied") from None
+    except OSError as exc:
+        raise UnreadableInput(f"{doc.source}: cannot read file ({exc.strerror or exc})") from None
+    try:
+        pixels = image.width * image.height
+        if pixels > max_pixels:
+            raise ImageTooLarge(
+                f"{doc.source}: image is {image.width}x{image.height} = {pixels:,} pixels, above the limit of "
+                f"{max_pixels:,}; raise it with --max-pixels if the file is trusted"
+            )
+        yield image
+    finally:
+        image.close()
+
+
+def _not_an_image(doc: Document) -> InputError:
+    suffix = doc.path.suffix.lower() if doc.path is not None else ""
+    if doc.path is not None and suffix not in SUPPORTED_SUFFIXES:
+        kinds = ", ".join(sorted(s.lstrip(".") for s in SUPPORTED_SUFFIXES))
+        return UnsupportedInput(f"{doc.source}: unsupported file type '{suffix or 'none'}' (supported: {kinds})")
+    if doc.data is not None and not doc.data:
+        return CorruptInput(f"{doc.source}: standard input is empty")
+    if doc.path is not None and doc.path.stat().st_size == 0:
+        return CorruptInput(f"{doc.source}: file is empty")
+    return CorruptInput(f"{doc.source}: not a readable image or PDF (corrupt, or not the type its name says)")
+
+
+def _frame_count(image: Image.Image) -> int:
+    # Only TIFF frames are pages; other animated formats (GIF, WebP) use their first frame.
+    return getattr(image, "n_frames", 1) if image.format == "TIFF" else 1
+
+
+def _iter_image_pages(doc: Document, options: PageOptions) -> Iterator[Page]:
+    from PIL import ImageOps
+
+    with _open_image(doc, options.max_pixels) as image:
+        for number in _selected(doc, _frame_count(image), options.pages):
+            try:
+                image.seek(number - 1)
+                frame = ImageOps.exif_transpose(image)
+                yield Page(number, to_rgb(frame), None)
+            except (OSError, ValueError, SyntaxError) as exc:
+                raise CorruptInput(f"{doc.source}: page {number}: cannot decode image ({exc})") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB; transparency is composited on white."""
+    import numpy as np
+    from PIL import Image
+
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = values.max(initial=0.0)
+        # 16-bit scans keep their full range; float images in [0, 1] are stretched to 8 bits.
+        scale = 1.0 if top <= 255 else 255.0 / 65535 if top <= 65535 else 255.0 / top
+        if image.mode == "F" and top <= 1.0:
+            scale = 255.0
+        image = Image.fromarray(np.clip(values * scale + 0.5, 0, 255).astype(np.uint8), mode="L")
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB") if image.mode != "RGB" else image.copy()
+
+
+# --- PDFs -------------------------------------------------------------------
+
+
+@contextmanager
+def _pdf_file(doc: Document) -> Iterator[Path]:
+    """poppler reads files, so stdin PDFs go through a temporary file."""
+    if doc.path is not None:
+        yield doc.path
+        return
+    with tempfile.NamedTemporaryFile(suffix=".pdf") as handle:
+        handle.write(doc.data or b"")
+        handle.flush()
+        yield Path(handle.name)
+
+
+def _pdf_info(doc: Document, pdf_path: Path, password: str | None) -> dict:
+    from pdf2image import pdfinfo_from_path
+    from pdf2image.exceptions import PDFInfoNotInstalledError, PDFPageCountError, PDFSyntaxError
+
+    try:
+        return pdfinfo_from_path(str(pdf_path), userpw=password)
+    except PDFInfoNotInstalledError:
+        raise _renderer_missing(doc) from None
+    except (PDFPageCountError, PDFSyntaxError) as exc:
+        raise _pdf_error(doc, str(exc)) from None
+
+
+def _pdf_error(doc: Document, detail: str) -> InputError:
+    lowered = detail.lower()
+    if "password" in lowered or "encrypt" in lowered:
+        return PasswordRequired(f"{doc.source}: PDF is encrypted; give its password with --password")
+    if "permission denied" in lowered:
+        return UnreadableInput(f"{doc.source}: permission denied")
+    reason = next((line.strip() for line in detail.splitlines() if line.strip()), "unknown error")
+    return CorruptInput(f"{doc.source}: not a readable PDF ({reason})")
+
+
+def _renderer_missing(doc: Document) -> InputError:
+    return PdfRendererMissing(
+        f"{doc.source}: cannot read PDFs: poppler's pdftoppm/pdfinfo not found; "
+        "install poppler-utils (e.g. 'apt-get install poppler-utils' or 'make install')"
+    )
+
+
+def _pdf_page_pixels(info: dict, dpi: int) -> int:
+    match = re.match(r"\s*([\d.]+)\s*x\s*([\d.]+)\s*pts", str(info.get("Page size", "")))
+    if not match:
+        return 0
+    width_pt, height_pt = float(match.group(1)), float(match.group(2))
+    return round(width_pt / 72 * dpi) * round(height_pt / 72 * dpi)
+
+
+def _iter_pdf_pages(doc: Document, options: PageOptions) -> Iterator[Page]:
+    from pdf2image import convert_from_path
+    from pdf2image.exceptions import PDFInfoNotInstalledError, PDFPageCountError, PDFSyntaxError
+
+    with _pdf_file(doc) as pdf_path:
+        info = _pdf_info(doc, pdf_path, options.password)
+        pixels = _pdf_page_pixels(info, options.dpi)
+        if pixels > options.max_pixels:
+            raise ImageTooLarge(
+                f"{doc.source}: a page at {options.dpi} dpi is {pixels:,} pixels, above the limit of "
+                f"{options.max_pixels:,}; lower --dpi or raise --max-pixels"
+            )
+        for number in _selected(doc, int(info["Pages"]), options.pages):
+            try:
+                rendered = convert_from_path(
+                    str(pdf_path), dpi=options.dpi, first_page=number, last_page=number, userpw=options.password
+                )
+            except PDFInfoNotInstalledError:
+                raise _renderer_missing(doc) from None
+            except (PDFPageCountError, PDFSyntaxError) as exc:
+                raise _pdf_error(doc, str(exc)) from None
+            if not rendered:
+                raise CorruptInput(f"{doc.source}: page {number}: pdftoppm rendered nothing")
+            yield Page(number, to_rgb(rendered[0]), options.dpi)

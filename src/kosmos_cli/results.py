@@ -1,0 +1,75 @@
+"""Result records: small frozen dataclasses, each with `to_dict()` for the JSON schema."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class BBox:
+    """A box in original page pixels: left, top, right, bottom (right/bottom exclusive)."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+
+    def to_list(self) -> list[int]:
+        return [self.x0, self.y0, self.x1, self.y1]
+
+
+@dataclass(frozen=True)
+class Line:
+    """One text line; `bbox` is None when the model's box was malformed or degenerate."""
+
+    text: str
+    bbox: BBox | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "bbox": self.bbox.to_list() if self.bbox else None}
+
+
+@dataclass(frozen=True)
+class PageResult:
+    """What the model read on one page: `lines` for OCR, `markdown` for md."""
+
+    page: int
+    width: int
+    height: int
+    dpi: int | None
+    truncated: bool
+    lines: tuple[Line, ...] = ()
+    markdown: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "page": self.page,
+            "width": self.width,
+            "height": self.height,
+            "dpi": self.dpi,
+            "truncated": self.truncated,
+        }
+        if self.markdown is not None:
+            out["markdown"] = self.markdown
+        else:
+            out["lines"] = [line.to_dict() for line in self.lines]
+        return out
+
+
+@dataclass(frozen=True)
+class DocumentResult:
+    """All pages read from one input file."""
+
+    source: str
+    model: str
+    task: str
+    pages: tuple[PageResult, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "model": self.model,
+            "task": self.task,
+            "pages": [page.to_dict() for page in self.pages],
+        }
