@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny KOSMOS-2.5 checkpoints and a way to run the installed CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import tiny_checkpoint
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = REPO / ".cache" / "tiny-checkpoints"
+KOSMOS25 = Path(sys.executable).parent / "kosmos25"
+
+
+def _cached_checkpoint(kind: str, build) -> Path:
+    """Build a checkpoint once per version of its recipe; reuse it across test runs."""
+    import torch
+    import transformers
+
+    recipe = Path(tiny_checkpoint.__file__).read_bytes() + f"{torch.__version__}{transformers.__version__}".encode()
+    target = CACHE / f"{kind}-{hashlib.sha256(recipe).hexdigest()[:12]}"
+    if not (target / "config.json").exists():
+        staging = target.with_name(target.name + f".tmp{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        build(staging)
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def trained_model() -> Path:
+    """Tiny checkpoint that answers tiny_checkpoint.TRAINED_OCR / TRAINED_MD for any image."""
+    return _cached_checkpoint("trained", tiny_checkpoint.build_trained_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def random_model() -> Path:
+    """Tiny checkpoint with random weights."""
+    return _cached_checkpoint("random", tiny_checkpoint.build_random_checkpoint)
+
+
+def run_cli(*args: str, stdin: bytes | None = None, cwd: Path | None = None, env: dict | None = None):
+    """Run the installed `kosmos25` command; returns the CompletedProcess (text output)."""
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    full_env.pop("KOSMOS25_MODEL", None)
+    result = subprocess.run(
+        [str(KOSMOS25), *args],
+        input=stdin,
+        capture_output=True,
+        cwd=cwd,
+        env=full_env,
+        timeout=300,
+    )
+    result.stdout = result.stdout.decode("utf-8")
+    result.stderr = result.stderr.decode("utf-8")
+    return result

@@ -1,0 +1,214 @@
+"""End-to-end tests: the installed `kosmos25` command in a subprocess, with a tiny
+trained checkpoint loaded through the same path as the real model (no mocks)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import run_cli
+from images import encrypted_pdf, exif_rotated_jpeg, multipage_pdf, multipage_tiff
+from tiny_checkpoint import MAX_PATCHES, TRAINED_MD
+
+pytestmark = [pytest.mark.cli, pytest.mark.model]
+
+# Boxes the trained checkpoint emits, in the processor's resized pixels (see tiny_checkpoint.TRAINED_OCR).
+MODEL_BOXES = [(16, 8, 176, 40), (200, 100, 400, 300), None]
+TEXTS = ["TOTAL 12.50", "Clipped box", "Degenerate box"]
+
+
+def resized_size(width: int, height: int) -> tuple[int, int]:
+    """The processor's resize rule, restated independently: the largest 16-px grid within MAX_PATCHES."""
+    scale = math.sqrt(MAX_PATCHES * (16 / height) * (16 / width))
+    rows = max(min(math.floor(scale * height / 16), MAX_PATCHES), 1)
+    cols = max(min(math.floor(scale * width / 16), MAX_PATCHES), 1)
+    return cols * 16, rows * 16
+
+
+def expected_lines(width: int, height: int) -> list[dict]:
+    rw, rh = resized_size(width, height)
+    lines = []
+    for text, box in zip(TEXTS, MODEL_BOXES):
+        bbox = None
+        if box:
+            x0, y0, x1, y1 = box
+            bbox = [min(round(x0 * width / rw), width), min(round(y0 * height / rh), height),
+                    min(round(x1 * width / rw), width), min(round(y1 * height / rh), height)]  # fmt: skip
+            if bbox[0] >= bbox[2] or bbox[1] >= bbox[3]:
+                bbox = None  # clipped away entirely
+        lines.append({"text": text, "bbox": bbox})
+    return lines
+
+
+def check_document(doc: dict, source: str, model: Path, task: str = "ocr") -> None:
+    assert set(doc) == {"source", "model", "task", "pages"}
+    assert doc["source"] == source and doc["model"] == str(model) and doc["task"] == task
+    for page in doc["pages"]:
+        assert set(page) == {"page", "width", "height", "dpi", "truncated", "lines" if task == "ocr" else "markdown"}
+        assert page["truncated"] is False
+        if task == "ocr":
+            assert page["lines"] == expected_lines(page["width"], page["height"])
+
+
+def test_help_and_version_do_not_import_torch():
+    code = "import sys; from kosmos_cli import cli; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+    assert run_cli("--version").stdout.startswith("kosmos25 ")
+    assert "ocr" in run_cli("--help").stdout
+    module = subprocess.run([sys.executable, "-m", "kosmos_cli", "md", "--help"], capture_output=True, text=True)
+    assert module.returncode == 0 and "--max-new-tokens" in module.stdout
+
+
+def test_ocr_png_json_to_stdout_with_exact_boxes(tmp_path, trained_model):
+    Image.new("RGB", (400, 200), "white").save(tmp_path / "receipt.png")
+    result = run_cli("ocr", str(tmp_path / "receipt.png"), "--format", "json", "--model", str(trained_model))
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    check_document(doc, str(tmp_path / "receipt.png"), trained_model)
+    # 400x200 -> resized 352x176: x * 400/352, y * 200/176, clipped to the page; the reversed box is null.
+    assert doc["pages"][0]["lines"] == [
+        {"text": "TOTAL 12.50", "bbox": [18, 9, 200, 45]},
+        {"text": "Clipped box", "bbox": [227, 114, 400, 200]},
+        {"text": "Degenerate box", "bbox": None},
+    ]
+    assert doc["pages"][0]["dpi"] is None
+    assert "1 done, 0 skipped, 0 failed" in result.stderr
+
+
+def test_mixed_inputs_to_folder_mirrored_and_scaled_per_page(tmp_path, trained_model):
+    scans = tmp_path / "scans"
+    (scans / "a").mkdir(parents=True)
+    (scans / "b").mkdir()
+    Image.new("RGB", (400, 200), "white").save(scans / "a" / "page.png")
+    Image.new("RGB", (250, 900), "white").save(scans / "b" / "page.png")  # same name, other folder
+    exif_rotated_jpeg(scans / "phone.jpg")
+    Image.new("RGBA", (320, 240), (0, 0, 0, 0)).save(scans / "clear.png")
+    multipage_tiff(scans / "pages.tiff")
+    multipage_pdf(scans / "report.pdf", pages=3)
+    out = tmp_path / "results"
+    result = run_cli("ocr", str(scans), "-o", str(out), "--model", str(trained_model), "--batch-size", "3", "--dpi", "100")
+    assert result.returncode == 0, result.stderr
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert written == ["a/page.json", "b/page.json", "clear.json", "pages.json", "phone.json", "report.json"]
+    docs = {name: json.loads((out / name).read_text()) for name in written}
+    sources = {"a/page.json": "a/page.png", "b/page.json": "b/page.png", "clear.json": "clear.png",
+               "pages.json": "pages.tiff", "phone.json": "phone.jpg", "report.json": "report.pdf"}  # fmt: skip
+    for name, doc in docs.items():
+        check_document(doc, str(scans / sources[name]), trained_model)
+    assert [(p["width"], p["height"]) for p in docs["phone.json"]["pages"]] == [(100, 300)]  # EXIF applied
+    assert [(p["page"], p["width"], p["height"]) for p in docs["pages.json"]["pages"]] == [
+        (1, 400, 200), (2, 200, 400), (3, 300, 300)]  # fmt: skip
+    assert [(p["page"], p["dpi"], p["width"]) for p in docs["report.json"]["pages"]] == [
+        (1, 100, 300), (2, 100, 300), (3, 100, 300)]  # fmt: skip
+    assert docs["b/page.json"]["pages"][0]["width"] == 250
+
+
+def test_pages_option_numbers_pages_as_the_document_does(tmp_path, trained_model):
+    pdf = multipage_pdf(tmp_path / "scan.pdf", pages=4)
+    result = run_cli("md", str(pdf), "--pages", "2-3", "-o", str(tmp_path / "out"), "--model", str(trained_model), "--dpi", "50")
+    assert result.returncode == 0, result.stderr
+    markdown = TRAINED_MD.strip("\n")
+    assert (tmp_path / "out" / "scan.md").read_text() == (
+        f"<!-- page 2 -->\n\n{markdown}\n\n<!-- page 3 -->\n\n{markdown}\n"
+    )
+    as_json = run_cli("md", str(pdf), "--pages", "4", "--format", "json", "--model", str(trained_model), "--dpi", "50")
+    doc = json.loads(as_json.stdout)
+    check_document(doc, str(pdf), trained_model, task="md")
+    assert [(p["page"], p["markdown"], p["dpi"]) for p in doc["pages"]] == [(4, markdown, 50)]
+
+
+def test_tsv_and_txt_formats_and_stdin(tmp_path, trained_model):
+    image = tmp_path / "r.png"
+    Image.new("RGB", (400, 200), "white").save(image)
+    tsv = run_cli("ocr", "-", "--format", "tsv", "--model", str(trained_model), stdin=image.read_bytes())
+    assert tsv.returncode == 0, tsv.stderr
+    assert tsv.stdout.splitlines() == [
+        "source\tpage\tx0\ty0\tx1\ty1\ttext",
+        "-\t1\t18\t9\t200\t45\tTOTAL 12.50",
+        "-\t1\t227\t114\t400\t200\tClipped box",
+        "-\t1\t\t\t\t\tDegenerate box",
+    ]
+    txt = run_cli("ocr", str(image), str(image.with_name("missing.png")), "-f", "txt", "--model", str(trained_model))
+    assert txt.stdout == "TOTAL 12.50\nClipped box\nDegenerate box\n"
+    assert txt.returncode == 1 and "missing.png: no such file or directory" in txt.stderr
+
+
+def test_bad_inputs_reported_and_the_rest_processed(tmp_path, trained_model):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.new("RGB", (400, 200), "white").save(folder / "good.png")
+    (folder / "text.png").write_text("not an image")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "broken.pdf").write_bytes(b"%PDF-1.7 nothing here")
+    encrypted_pdf(folder / "locked.pdf")
+    (tmp_path / "notes.txt").write_text("x")
+    out = tmp_path / "out"
+    result = run_cli("ocr", str(folder), str(tmp_path / "notes.txt"), "-o", str(out), "--model", str(trained_model))
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 5, result.stderr
+    for name, reason in [("text.png", "not a readable image"), ("empty.jpg", "file is empty"),
+                         ("broken.pdf", "not a readable PDF"), ("locked.pdf", "encrypted; give its password"),
+                         ("notes.txt", "unsupported file type '.txt'")]:  # fmt: skip
+        assert any(name in line and reason in line for line in errors), (name, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["good.json"]
+    unlocked = run_cli("ocr", str(folder / "locked.pdf"), "--password", "secret", "--model", str(trained_model))
+    assert unlocked.returncode == 0 and json.loads(unlocked.stdout)["pages"][0]["dpi"] == 200
+
+
+def test_missing_pdftoppm_is_a_clear_per_file_error(tmp_path, trained_model):
+    multipage_pdf(tmp_path / "a.pdf", pages=1)
+    Image.new("RGB", (400, 200), "white").save(tmp_path / "b.png")
+    empty_bin = tmp_path / "bin"
+    empty_bin.mkdir()
+    result = run_cli("ocr", str(tmp_path / "a.pdf"), str(tmp_path / "b.png"), "--model", str(trained_model),
+                     env={"PATH": str(empty_bin)})  # fmt: skip
+    assert result.returncode == 1
+    assert "a.pdf: cannot read PDFs: poppler's pdftoppm/pdfinfo not found" in result.stderr
+    assert json.loads(result.stdout)["source"].endswith("b.png")
+
+
+def test_out_of_range_pages_and_usage_errors(tmp_path, trained_model):
+    multipage_pdf(tmp_path / "a.pdf", pages=2)
+    result = run_cli("ocr", str(tmp_path / "a.pdf"), "--pages", "3", "--model", str(trained_model))
+    assert result.returncode == 1 and "a.pdf: --pages asks for page 3 but the document has 2 pages" in result.stderr
+    for args, message in [
+        (["--pages", "2-1"], "--pages"),
+        (["--format", "md"], "--format md: 'ocr' writes json, tsv, txt"),
+        (["--device", "tpu"], "--device tpu"),
+    ]:
+        bad = run_cli("ocr", str(tmp_path / "a.pdf"), "--model", str(trained_model), *args)
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+    assert run_cli("ocr").returncode == 2
+
+
+@pytest.mark.parametrize("kind", ["missing", "wrong-architecture", "empty-folder"])
+def test_model_not_loadable(tmp_path, kind):
+    Image.new("RGB", (40, 40)).save(tmp_path / "a.png")
+    model = tmp_path / "model"
+    if kind == "wrong-architecture":
+        model.mkdir()
+        (model / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    elif kind == "empty-folder":
+        model.mkdir()
+    result = run_cli("ocr", str(tmp_path / "a.png"), "--model", str(model))
+    assert result.returncode == 3, result.stderr
+    assert "Cannot load the KOSMOS-2.5 model" in result.stderr and "--model" in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_model_from_environment_variable(tmp_path, trained_model):
+    Image.new("RGB", (400, 200)).save(tmp_path / "a.png")
+    env = {**os.environ, "KOSMOS25_MODEL": str(trained_model), "HF_HUB_OFFLINE": "1"}
+    direct = subprocess.run([sys.executable, "-m", "kosmos_cli", "ocr", str(tmp_path / "a.png"), "-f", "txt"],
+                            capture_output=True, text=True, env=env)  # fmt: skip
+    assert direct.returncode == 0, direct.stderr
+    assert direct.stdout.startswith("TOTAL 12.50\n")

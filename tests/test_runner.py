@@ -1,0 +1,105 @@
+"""Runner tests with tiny checkpoints loaded through the real loading path."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+import tiny_checkpoint
+from kosmos_cli.errors import ModelUnavailable, UsageError
+from kosmos_cli.runner import ModelRunner, RunnerSettings, auto_batch_size, resolve_device, resolve_dtype
+
+pytestmark = pytest.mark.model
+
+
+def test_device_resolution_on_this_machine():
+    import torch
+
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") in ("cpu", "cuda", "mps")
+    with pytest.raises(UsageError, match="expected auto, cpu"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelUnavailable, match="CUDA is not available"):
+            resolve_device("cuda:0")
+
+
+def test_dtype_resolution():
+    import torch
+
+    assert resolve_dtype("float32", "cpu") is torch.float32
+    assert resolve_dtype("auto", "cpu") in (torch.bfloat16, torch.float32)
+    with pytest.raises(UsageError):
+        resolve_dtype("int8", "cpu")
+
+
+def test_missing_folder_is_model_unavailable(tmp_path):
+    with pytest.raises(ModelUnavailable) as caught:
+        ModelRunner(RunnerSettings(model=str(tmp_path / "nowhere")))
+    assert "no such folder" in caught.value.message
+    assert "--model" in caught.value.message and "HF_HUB_OFFLINE=1" in caught.value.message
+
+
+def test_wrong_architecture_is_model_unavailable(tmp_path):
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path)
+    with pytest.raises(ModelUnavailable, match="it is a 'gpt2' model, not KOSMOS-2.5"):
+        ModelRunner(RunnerSettings(model=str(tmp_path)))
+
+
+def test_uncached_hub_id_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelUnavailable, match="not in the local cache and HF_HUB_OFFLINE is set"):
+        ModelRunner(RunnerSettings(model="someone/not-cached-kosmos"))
+
+
+def _images():
+    return [Image.new("RGB", (400, 200), "white"), Image.new("RGB", (123, 777), (10, 200, 30)),
+            Image.effect_noise((300, 300), 60).convert("RGB")]  # fmt: skip
+
+
+def test_trained_checkpoint_reads_fixed_answer_with_each_pages_size(trained_model):
+    runner = ModelRunner(RunnerSettings(model=str(trained_model), dtype="float32", max_new_tokens=200))
+    outputs = runner.generate(_images(), "ocr")
+    assert [o.text for o in outputs] == [tiny_checkpoint.TRAINED_OCR] * 3
+    assert [(o.resized_width, o.resized_height) for o in outputs] == [(352, 176), (96, 640), (256, 256)]
+    assert not any(o.truncated for o in outputs)
+    assert runner.generate(_images()[:1], "md")[0].text == tiny_checkpoint.TRAINED_MD
+
+
+def test_truncation_flagged(trained_model):
+    runner = ModelRunner(RunnerSettings(model=str(trained_model), dtype="float32", max_new_tokens=5))
+    assert runner.generate(_images()[:1], "ocr")[0].truncated
+
+
+def test_batching_does_not_change_greedy_tokens(random_model):
+    runner = ModelRunner(RunnerSettings(model=str(random_model), dtype="float32", max_new_tokens=24))
+    images = _images()
+    batched = runner.generate(images, "ocr")
+    alone = [runner.generate([image], "ocr")[0] for image in images]
+    assert batched == alone
+
+
+def test_batched_logits_match_single_page_logits(random_model):
+    import torch
+
+    runner = ModelRunner(RunnerSettings(model=str(random_model), dtype="float32"))
+    images = _images()
+
+    def next_token_logits(batch):
+        inputs = runner.processor(text=["<ocr>"] * len(batch), images=batch, max_patches=runner.max_patches,
+                                  return_tensors="pt")  # fmt: skip
+        inputs.pop("width"), inputs.pop("height")
+        with torch.no_grad():
+            return runner.model(**inputs).logits[:, -1]
+
+    batched = next_token_logits(images)
+    alone = torch.cat([next_token_logits([image]) for image in images])
+    torch.testing.assert_close(batched, alone, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(alone[0], alone[2])  # the pages do differ, so the check has teeth
+
+
+def test_auto_batch_size_is_bounded(trained_model):
+    runner = ModelRunner(RunnerSettings(model=str(trained_model)))
+    assert 1 <= auto_batch_size(runner) <= 8
