@@ -51,8 +51,8 @@ def check_document(doc: dict, source: str, model: Path, task: str = "ocr") -> No
     assert set(doc) == {"source", "model", "task", "pages"}
     assert doc["source"] == source and doc["model"] == str(model) and doc["task"] == task
     for page in doc["pages"]:
-        assert set(page) == {"page", "width", "height", "dpi", "truncated", "lines" if task == "ocr" else "markdown"}
-        assert page["truncated"] is False
+        assert set(page) == {"page", "width", "height", "dpi", "truncated", "looping", "lines" if task == "ocr" else "markdown"}
+        assert page["truncated"] is False and page["looping"] is False
         if task == "ocr":
             assert page["lines"] == expected_lines(page["width"], page["height"])
 

@@ -27,7 +27,7 @@ def test_json_schema_from_real_output():
     data = json.loads(to_json(_ocr_doc(_page(1, lines))))
     assert set(data) == {"source", "model", "task", "pages"}
     page = data["pages"][0]
-    assert set(page) == {"page", "width", "height", "dpi", "truncated", "lines"}
+    assert set(page) == {"page", "width", "height", "dpi", "truncated", "looping", "lines"}
     assert page["dpi"] is None and page["truncated"] is False
     assert page["lines"][1] == {"text": "[REG] BLACK SAKURA", "bbox": [79, 573, 464, 611]}
 
@@ -42,7 +42,7 @@ def test_json_lines_are_single_line_and_keep_unicode():
 def test_markdown_json_has_markdown_instead_of_lines():
     page = PageResult(page=2, width=10, height=10, dpi=200, truncated=True, markdown="# T")
     data = json.loads(to_json(DocumentResult("a.pdf", "m", "md", (page,))))
-    assert data["pages"][0] == {"page": 2, "width": 10, "height": 10, "dpi": 200, "truncated": True, "markdown": "# T"}
+    assert data["pages"][0] == {"page": 2, "width": 10, "height": 10, "dpi": 200, "truncated": True, "looping": False, "markdown": "# T"}
 
 
 def test_tsv_header_escaping_and_missing_box():

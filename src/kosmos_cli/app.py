@@ -9,8 +9,11 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .drawing import PageDrawer
+from .errors import UsageError
 from .inputs import PageOptions, collect_documents
-from .pipeline import Pipeline, Reporter, RunRequest, RunSummary
+from .pipeline import Pipeline, RunRequest, RunSummary
+from .progress import PlainReporter
 from .runner import ModelRunner, RunnerSettings, auto_batch_size
 from .writers import DirectorySink, StdoutSink
 
@@ -23,19 +26,22 @@ class Job:
     paths: tuple[str, ...]
     fmt: str
     output_dir: Path | None = None
+    draw_dir: Path | None = None
     overwrite: bool = False
     batch_size: int | None = None  # None: chosen from free memory
     page_options: PageOptions = field(default_factory=PageOptions)
     runner: RunnerSettings = field(default_factory=RunnerSettings)
 
 
-def execute(job: Job, reporter: Reporter, stdin: io.BufferedIOBase | None = None) -> RunSummary:
+def execute(job: Job, reporter: PlainReporter, stdin: io.BufferedIOBase | None = None) -> RunSummary:
     """Run a job to the end (or until Ctrl-C / SIGTERM) and return its summary.
 
     Raises UsageError, ModelUnavailable or OutputFailed for run-wide failures; a
     failing input is reported through `reporter` and counted, and the run goes on.
     The model is loaded once, and not at all when every output already exists.
     """
+    if job.draw_dir is not None and job.task != "ocr":
+        raise UsageError("--draw draws OCR boxes; use it with 'kosmos25 ocr'")
     documents, missing = collect_documents(job.paths, stdin)
     if job.output_dir is not None:
         sink = DirectorySink(job.output_dir, job.fmt, overwrite=job.overwrite)
@@ -47,7 +53,9 @@ def execute(job: Job, reporter: Reporter, stdin: io.BufferedIOBase | None = None
         runner = ModelRunner(job.runner)
     batch_size = job.batch_size or (auto_batch_size(runner) if runner else 1)
     request = RunRequest(job.task, job.runner.model, job.page_options, batch_size)
-    pipeline = Pipeline(request, runner.generate if runner else _no_model, sink, reporter)
+    drawer = PageDrawer(job.draw_dir) if job.draw_dir else None
+    pipeline = Pipeline(request, runner.generate if runner else _no_model, sink, reporter, drawer)
+    reporter.started(len(documents) + len(missing))
     for source, error in missing:
         pipeline.fail_input(source, error)
     try:

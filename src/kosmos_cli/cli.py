@@ -57,6 +57,9 @@ Dpi = Annotated[int, typer.Option(min=10, max=2400, help="Resolution for renderi
 Pages = Annotated[Optional[str], typer.Option(help="Pages to read, 1-based, e.g. 1-3,7 (PDFs and multi-page TIFFs).")]
 Password = Annotated[Optional[str], typer.Option(help="Password for encrypted PDFs.")]
 MaxPixels = Annotated[int, typer.Option(min=1, help="Refuse images (and rendered pages) with more pixels than this.")]
+Draw = Annotated[
+    Optional[Path], typer.Option(help="Save each page as a PNG with its OCR boxes and line numbers drawn, in DIR.")
+]
 Overwrite = Annotated[bool, typer.Option(help="Redo inputs whose output file already exists (default: skip them).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print errors only.")]
 
@@ -95,6 +98,7 @@ def ocr(
     pages: Pages = None,
     password: Password = None,
     max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+    draw: Draw = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
@@ -143,9 +147,9 @@ def _raise_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
 
 def _run(task: str, formats: tuple[str, ...], options: dict) -> None:
     from .app import Job, execute
-    from .progress import PlainReporter, format_summary
+    from .progress import format_summary, make_reporter
 
-    reporter = PlainReporter(quiet=options["quiet"], max_new_tokens=options["max_new_tokens"])
+    reporter = make_reporter(quiet=options["quiet"], max_new_tokens=options["max_new_tokens"])
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         if options["format"] not in formats:
@@ -164,6 +168,7 @@ def _run(task: str, formats: tuple[str, ...], options: dict) -> None:
             paths=tuple(paths),
             fmt=options["format"],
             output_dir=options["output"],
+            draw_dir=options.get("draw"),
             overwrite=options["overwrite"],
             batch_size=options["batch_size"],
             page_options=PageOptions(
@@ -184,11 +189,14 @@ def _run(task: str, formats: tuple[str, ...], options: dict) -> None:
         )
         summary = execute(job, reporter, stdin=sys.stdin.buffer if "-" in paths else None)
     except KosmosError as error:
+        reporter.close()
         reporter.error(error.message)
         raise typer.Exit(int(error.exit_code)) from None
     except KeyboardInterrupt:
+        reporter.close()
         reporter.error("interrupted before any page was read")
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+    reporter.close()
     if summary.interrupted:
         reporter.error(f"interrupted: {format_summary(summary)}; run the same command again to finish the rest")
     else:

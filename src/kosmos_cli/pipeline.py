@@ -24,14 +24,15 @@ class Sink(Protocol):
 
 
 class Reporter(Protocol):
-    def started(self, total_documents: int) -> None: ...
-    def page_done(self, doc: Document, page: int, truncated: bool) -> None: ...
+    def document_started(self, doc: Document) -> None: ...
+    def page_done(self, doc: Document, page: int, raw: RawOutput) -> None: ...
     def document_done(self, doc: Document, result: DocumentResult, written: object) -> None: ...
     def document_failed(self, source: str, error: InputError) -> None: ...
     def document_skipped(self, doc: Document) -> None: ...
 
 
 GenerateFn = Callable[[list, str], list[RawOutput]]
+PageObserver = Callable[[Document, Page, PageResult], None]
 
 
 @dataclass
@@ -43,6 +44,7 @@ class RunSummary:
     failed: int = 0
     pages: int = 0
     truncated_pages: int = 0
+    looping_pages: int = 0
     interrupted: bool = False
     started_at: float = field(default_factory=time.monotonic)
 
@@ -80,23 +82,31 @@ class RunRequest:
 class Pipeline:
     """Feeds pages to the model in batches and hands finished documents to the sink."""
 
-    def __init__(self, request: RunRequest, generate: GenerateFn, sink: Sink, reporter: Reporter) -> None:
+    def __init__(
+        self,
+        request: RunRequest,
+        generate: GenerateFn,
+        sink: Sink,
+        reporter: Reporter,
+        page_observer: PageObserver | None = None,
+    ) -> None:
         self.request = request
         self.generate = generate
         self.sink = sink
         self.reporter = reporter
+        self.page_observer = page_observer
         self.summary = RunSummary()
         self._batch: list[tuple[_DocState, Page]] = []
 
     def run(self, documents: list[Document]) -> RunSummary:
         """Process every document; returns the summary (also kept on `self.summary`)."""
-        self.reporter.started(len(documents))
         for doc in documents:
             if self.sink.is_done(doc):
                 self.summary.skipped += 1
                 self.reporter.document_skipped(doc)
                 continue
             state = _DocState(doc)
+            self.reporter.document_started(doc)
             try:
                 for page in iter_pages(doc, self.request.page_options):
                     state.outstanding += 1
@@ -136,16 +146,21 @@ class Pipeline:
             return
         for (state, page), raw in zip(batch, outputs):
             state.pages[page.number] = self._page_result(page, raw)
+            if self.page_observer:
+                self.page_observer(state.doc, page, state.pages[page.number])
             state.outstanding -= 1
             self.summary.pages += 1
             self.summary.truncated_pages += raw.truncated
-            self.reporter.page_done(state.doc, page.number, raw.truncated)
+            self.summary.looping_pages += raw.looping
+            self.reporter.page_done(state.doc, page.number, raw)
         for state in dict.fromkeys(state for state, _ in batch):
             self._close_if_complete(state)
 
     def _page_result(self, page: Page, raw: RawOutput) -> PageResult:
         size = page.image.size
-        common = dict(page=page.number, width=size[0], height=size[1], dpi=page.dpi, truncated=raw.truncated)
+        common = dict(
+            page=page.number, width=size[0], height=size[1], dpi=page.dpi, truncated=raw.truncated, looping=raw.looping
+        )
         if self.request.task == "md":
             return PageResult(**common, markdown=clean_markdown(raw.text))
         return PageResult(**common, lines=parse_ocr(raw.text, (raw.resized_width, raw.resized_height), size))

@@ -13,6 +13,7 @@ from .errors import InputError
 from .inputs import Document
 from .pipeline import RunSummary
 from .results import DocumentResult
+from .runner import RawOutput
 
 PREFIX = "kosmos25"
 
@@ -27,6 +28,8 @@ def format_summary(summary: RunSummary) -> str:
     )
     if summary.truncated_pages:
         text += f"; {summary.truncated_pages} truncated (raise --max-new-tokens)"
+    if summary.looping_pages:
+        text += f"; {summary.looping_pages} stopped repeating"
     return text
 
 
@@ -45,22 +48,28 @@ class PlainReporter:
         print(f"{PREFIX}: {text}", file=self.stream, flush=True)
 
     def info(self, text: str) -> None:
+        """A progress message or warning; silenced by --quiet."""
         if not self.quiet:
             self._say(text)
 
     def error(self, text: str) -> None:
+        """An error; always printed."""
         self._say(f"error: {text}")
 
-    def started(self, total_documents: int) -> None:
-        self.total = total_documents
+    def started(self, total_inputs: int) -> None:
+        self.total = total_inputs
+
+    def document_started(self, doc: Document) -> None:
         self.document_started_at = time.monotonic()
 
-    def page_done(self, doc: Document, page: int, truncated: bool) -> None:
-        if truncated:
+    def page_done(self, doc: Document, page: int, raw: RawOutput) -> None:
+        if raw.truncated:
             self.info(
                 f"warning: {doc.source}: page {page} reached --max-new-tokens ({self.max_new_tokens}); "
                 "its output is truncated"
             )
+        if raw.looping:
+            self.info(f"warning: {doc.source}: page {page}: the model started repeating itself; stopped, repeats cut")
 
     def _advance(self) -> str:
         self.position += 1
@@ -68,17 +77,92 @@ class PlainReporter:
 
     def document_done(self, doc: Document, result: DocumentResult, written: object) -> None:
         elapsed = time.monotonic() - self.document_started_at
-        self.document_started_at = time.monotonic()
         target = f" -> {written}" if written else ""
         pages = len(result.pages)
         self.info(f"{self._advance()} {doc.source}: {pages} page{'s' * (pages != 1)}{target} ({elapsed:.1f} s)")
 
     def document_failed(self, source: str, error: InputError) -> None:
-        self.document_started_at = time.monotonic()
+        self._advance()
         self.error(error.message)
 
     def document_skipped(self, doc: Document) -> None:
         self.info(f"{self._advance()} {doc.source}: skipped, output exists (--overwrite to redo)")
 
     def finished(self, summary: RunSummary) -> None:
+        self.close()
         self.info(format_summary(summary))
+
+    def close(self) -> None:
+        """Release the terminal (nothing to do for plain lines)."""
+
+
+class RichReporter(PlainReporter):
+    """A live bar on a terminal: files and pages done, pages per minute, ETA, current file.
+
+    Messages are printed above the bar, through the same console.
+    """
+
+    def __init__(self, max_new_tokens: int = 0) -> None:
+        from rich.console import Console
+
+        super().__init__(quiet=False, max_new_tokens=max_new_tokens)
+        self.console = Console(stderr=True, highlight=False)
+        self.progress = None
+        self.pages = 0
+        self.run_started_at = time.monotonic()
+
+    def _say(self, text: str) -> None:
+        self.console.print(f"{PREFIX}: {text}", markup=False)
+
+    def started(self, total_inputs: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        super().started(total_inputs)
+        self.run_started_at = time.monotonic()
+        self.progress = Progress(
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("files · {task.fields[pages]} pages · {task.fields[rate]:.1f} pages/min · ETA"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[current]}"),
+            console=self.console,
+            transient=True,
+        )
+        self.task_id = self.progress.add_task("run", total=total_inputs, pages=0, rate=0.0, current="")
+        self.progress.start()
+
+    def _update(self, advance: int = 0, **fields) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task_id, advance=advance, **fields)
+
+    def document_started(self, doc: Document) -> None:
+        super().document_started(doc)
+        self._update(current=doc.source)
+
+    def page_done(self, doc: Document, page: int, raw: RawOutput) -> None:
+        super().page_done(doc, page, raw)
+        self.pages += 1
+        minutes = max(time.monotonic() - self.run_started_at, 1e-6) / 60
+        self._update(pages=self.pages, rate=self.pages / minutes)
+
+    def document_done(self, doc: Document, result: DocumentResult, written: object) -> None:
+        self._update(advance=1)  # the bar says it; no line per file on a terminal
+
+    def document_failed(self, source: str, error: InputError) -> None:
+        super().document_failed(source, error)
+        self._update(advance=1)
+
+    def document_skipped(self, doc: Document) -> None:
+        self._update(advance=1)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def make_reporter(quiet: bool, max_new_tokens: int) -> PlainReporter:
+    """A bar when stderr is a terminal (and not --quiet), plain lines otherwise."""
+    if not quiet and sys.stderr.isatty():
+        return RichReporter(max_new_tokens=max_new_tokens)
+    return PlainReporter(quiet=quiet, max_new_tokens=max_new_tokens)

@@ -32,13 +32,18 @@ class Line:
 
 @dataclass(frozen=True)
 class PageResult:
-    """What the model read on one page: `lines` for OCR, `markdown` for md."""
+    """What the model read on one page: `lines` for OCR, `markdown` for md.
+
+    `truncated`: generation reached --max-new-tokens. `looping`: generation started
+    repeating itself and was stopped; the repeats were cut, one copy kept.
+    """
 
     page: int
     width: int
     height: int
     dpi: int | None
     truncated: bool
+    looping: bool = False
     lines: tuple[Line, ...] = ()
     markdown: str | None = None
 
@@ -49,6 +54,7 @@ class PageResult:
             "height": self.height,
             "dpi": self.dpi,
             "truncated": self.truncated,
+            "looping": self.looping,
         }
         if self.markdown is not None:
             out["markdown"] = self.markdown

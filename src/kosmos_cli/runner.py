@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from .errors import GenerationFailed, ModelUnavailable, UsageError
+from .repetition import find_loop, trim_loop
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -46,6 +47,7 @@ class RawOutput:
     resized_width: int
     resized_height: int
     truncated: bool
+    looping: bool = False
 
 
 def default_model() -> str:
@@ -219,17 +221,34 @@ class ModelRunner:
                     max_new_tokens=self.settings.max_new_tokens,
                     do_sample=False,
                     num_beams=1,
+                    stopping_criteria=[_stop_on_loop(prompt_length)],
                 )
         except (RuntimeError, torch.OutOfMemoryError) as exc:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise GenerationFailed(f"model failed: {first_line}") from exc
-        new_tokens = generated[:, prompt_length:]
-        texts = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
-        finished = (new_tokens == self.eos_token_id).any(dim=1).tolist()
-        return [
-            RawOutput(text, int(width), int(height), truncated=not done)
-            for text, width, height, done in zip(texts, widths, heights, finished)
-        ]
+        outputs = []
+        for row, width, height in zip(generated[:, prompt_length:].tolist(), widths, heights):
+            finished = self.eos_token_id in row
+            tokens, looping = trim_loop(row)
+            text = self.processor.decode(tokens, skip_special_tokens=True)
+            outputs.append(RawOutput(text, int(width), int(height), truncated=not (finished or looping), looping=looping))
+        return outputs
+
+
+def _stop_on_loop(prompt_length: int, every: int = 8):
+    """A stopping criterion that ends each sequence caught repeating itself."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class StopOnLoop(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            if (input_ids.shape[1] - prompt_length) % every == 0:
+                for index, row in enumerate(input_ids[:, prompt_length:].tolist()):
+                    done[index] = find_loop(row) is not None
+            return done
+
+    return StopOnLoop()
 
 
 def _available_memory_bytes(device: str) -> int:
