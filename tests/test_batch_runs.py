@@ -82,18 +82,47 @@ def test_unwritable_output_fails_before_any_work(tmp_path):
     assert blocker.read_text() == "a file, not a folder"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")
-def test_read_only_output_folder(tmp_path, trained_model):
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """Mount a 64 KiB tmpfs (root only): a real read-only or full file system for tests."""
+    mount_point = tmp_path / "mnt"
+    mount_point.mkdir()
+
+    def mount(options: str):
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size=64k,{options}", "tmpfs", str(mount_point)],
+                              capture_output=True)  # fmt: skip
+        if done.returncode != 0:
+            pytest.skip("cannot mount a tmpfs here (needs root)")
+        return mount_point
+
+    yield mount
+    subprocess.run(["umount", str(mount_point)], capture_output=True)
+
+
+def test_read_only_output_folder(tmp_path, trained_model, small_filesystem):
     Image.new("RGB", (40, 40)).save(tmp_path / "a.png")
-    out = tmp_path / "out"
-    out.mkdir()
-    out.chmod(0o555)
-    try:
-        result = run_cli("ocr", str(tmp_path / "a.png"), "-o", str(out), "--model", str(trained_model))
-    finally:
-        out.chmod(0o755)
-    assert result.returncode == 4 and "cannot write" in result.stderr
+    out = small_filesystem("ro")
+    result = run_cli("ocr", str(tmp_path / "a.png"), "-o", str(out), "--model", str(trained_model))
+    assert result.returncode == 4, result.stderr
+    assert "cannot write" in result.stderr and "Read-only file system" in result.stderr
     assert list(out.iterdir()) == []
+
+
+def test_full_disk_leaves_nothing_half_written(tmp_path, trained_model, small_filesystem):
+    Image.new("RGB", (400, 200)).save(tmp_path / "a.png")
+    out = small_filesystem("rw")
+    (out / "a.json").write_text("previous result\n")
+    with open(out / "filler", "wb", buffering=0) as filler:
+        try:
+            while True:
+                filler.write(b"x" * 1024)
+        except OSError:
+            pass  # the file system is full
+    result = run_cli("ocr", str(tmp_path / "a.png"), "-o", str(out), "--model", str(trained_model), "--overwrite")
+    assert result.returncode == 4, result.stderr
+    assert "No space left on device" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "filler"]
+    assert (out / "a.json").read_text() == "previous result\n"  # the old complete file is untouched
 
 
 def test_files_from_with_spaces_unicode_and_nul(tmp_path, trained_model):
