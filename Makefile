@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 TINY_MODEL ?= build/tiny-kosmos25
 
-.PHONY: install test tiny-model poppler clean
+.PHONY: install test tiny-model poppler clean bench
 
 install: poppler
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,3 +37,8 @@ tiny-model:
 
 clean:
 	rm -rf build .pytest_cache .cache
+
+# Throughput: model card loop vs kosmos25, full-size random model (about 10 min on 2 CPU cores).
+BENCH_ARGS ?=
+bench:
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)

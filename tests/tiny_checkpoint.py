@@ -32,13 +32,21 @@ LATENT_QUERIES = 16
 COORDINATE_BINS = 4096
 
 
-def _build_tokenizer():
+def build_tokenizer(vocab_size: int | None = None):
+    """A byte-level fast tokenizer with the real special, prompt, box and coordinate tokens.
+
+    `vocab_size` pads the base vocabulary with filler tokens so that the tokenizer
+    covers a full-size model's vocabulary (108481 for microsoft/kosmos-2.5).
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     base = ["<s>", "<pad>", "</s>", "<unk>"]
     byte_chars = list(pre_tokenizers.ByteLevel.alphabet())
     vocab = {tok: i for i, tok in enumerate(base + sorted(byte_chars))}
+    added = 4 + 2 + 2 * COORDINATE_BINS
+    for filler in range(len(vocab), (vocab_size or 0) - added):
+        vocab[f"<filler_{filler}>"] = filler
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
@@ -86,20 +94,21 @@ def _build_model(vocab_size: int, seed: int):
     return Kosmos2_5ForConditionalGeneration(config)
 
 
-def _build_processor(tokenizer):
+def build_processor(tokenizer, max_patches: int = MAX_PATCHES, image_tokens: int = LATENT_QUERIES):
+    """The KOSMOS-2.5 processor around `tokenizer`."""
     from transformers import Kosmos2_5ImageProcessor, Kosmos2_5Processor
 
-    image_processor = Kosmos2_5ImageProcessor(max_patches=MAX_PATCHES)
-    return Kosmos2_5Processor(image_processor, tokenizer, num_image_tokens=LATENT_QUERIES)
+    image_processor = Kosmos2_5ImageProcessor(max_patches=max_patches)
+    return Kosmos2_5Processor(image_processor, tokenizer, num_image_tokens=image_tokens)
 
 
 def build_random_checkpoint(out_dir: Path, seed: int = 0) -> Path:
     """Save a tiny KOSMOS-2.5 with random weights and its processor to `out_dir`."""
-    tokenizer = _build_tokenizer()
+    tokenizer = build_tokenizer()
     model = _build_model(len(tokenizer), seed)
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
-    _build_processor(tokenizer).save_pretrained(out_dir)
+    build_processor(tokenizer).save_pretrained(out_dir)
     return out_dir
 
 
@@ -125,8 +134,8 @@ def build_trained_checkpoint(out_dir: Path, steps: int = 400, seed: int = 0) -> 
     """Save a tiny KOSMOS-2.5 overfit to answer `TRAINED_OCR` / `TRAINED_MD` for any image."""
     import torch
 
-    tokenizer = _build_tokenizer()
-    processor = _build_processor(tokenizer)
+    tokenizer = build_tokenizer()
+    processor = build_processor(tokenizer)
     model = _build_model(len(tokenizer), seed)
     model.train()
     images = _training_images(24)

@@ -54,7 +54,10 @@ def execute(job: Job, reporter: PlainReporter, stdin: io.BufferedIOBase | None =
     batch_size = job.batch_size or (auto_batch_size(runner) if runner else 1)
     request = RunRequest(job.task, job.runner.model, job.page_options, batch_size)
     drawer = PageDrawer(job.draw_dir) if job.draw_dir else None
-    pipeline = Pipeline(request, runner.generate if runner else _no_model, sink, reporter, drawer)
+    if runner is not None:
+        pipeline = Pipeline(request, runner.prepare, runner.generate_prepared, sink, reporter, drawer)
+    else:
+        pipeline = Pipeline(request, _no_model, _no_model, sink, reporter, drawer)
     reporter.started(len(documents) + len(missing))
     for source, error in missing:
         pipeline.fail_input(source, error)
@@ -65,5 +68,5 @@ def execute(job: Job, reporter: PlainReporter, stdin: io.BufferedIOBase | None =
     return pipeline.summary
 
 
-def _no_model(images, task):  # pragma: no cover - only reached if every output existed
+def _no_model(*args):  # pragma: no cover - never called: every output already existed
     raise RuntimeError("model was not loaded because every output already existed")

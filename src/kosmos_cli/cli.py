@@ -15,7 +15,8 @@ import typer
 from . import __version__
 from .errors import ExitCode, KosmosError, UsageError
 from .inputs import DEFAULT_MAX_PIXELS, PageOptions, parse_page_selection
-from .runner import ATTENTION_KINDS, DTYPES, RunnerSettings, default_model
+from .loading import ATTENTION_KINDS, DTYPES, default_model
+from .runner import RunnerSettings
 from .writers import MD_FORMATS, OCR_FORMATS
 
 app = typer.Typer(

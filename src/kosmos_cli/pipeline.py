@@ -1,16 +1,19 @@
 """The run: documents -> pages -> batches through the model -> parsed results -> sink.
 
-Pages from consecutive documents share `generate` calls (`batch_size` pages each).
-A failing input is reported and skipped; the run goes on with the rest.
+Pages are read and prepared ahead of the model in a background thread (bounded, so
+a 500-page PDF is never all in memory), pages from consecutive documents share
+`generate` calls, and results are written by a background writer. A failing input
+is reported and skipped; the run goes on with the rest.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
+from .background import BackgroundWriter, read_ahead
 from .errors import ExitCode, GenerationFailed, InputError
 from .inputs import Document, Page, PageOptions, iter_pages
 from .parsing import clean_markdown, parse_ocr
@@ -31,6 +34,7 @@ class Reporter(Protocol):
     def document_skipped(self, doc: Document) -> None: ...
 
 
+PrepareFn = Callable[[Any], Any]
 GenerateFn = Callable[[list, str], list[RawOutput]]
 PageObserver = Callable[[Document, Page, PageResult], None]
 
@@ -59,16 +63,6 @@ class RunSummary:
         return ExitCode.SOME_FAILED if self.failed else ExitCode.OK
 
 
-@dataclass(eq=False)  # identity semantics: states are used as dict keys
-class _DocState:
-    doc: Document
-    pages: dict[int, PageResult] = field(default_factory=dict)
-    outstanding: int = 0
-    listed: bool = False
-    error: InputError | None = None
-    closed: bool = False
-
-
 @dataclass(frozen=True)
 class RunRequest:
     """What to do: the task, how to make pages, how many pages per `generate` call."""
@@ -79,48 +73,91 @@ class RunRequest:
     batch_size: int = 1
 
 
+@dataclass(frozen=True)
+class _Event:
+    """What the read-ahead thread found: a skipped, started, failed or finished
+    document, or one of its pages with its prepared model input."""
+
+    kind: str
+    doc: Document
+    page: Page | None = None
+    prepared: Any = None
+    error: InputError | None = None
+
+
+@dataclass(eq=False)  # identity semantics: states are used as dict keys
+class _DocState:
+    doc: Document
+    pages: dict[int, PageResult] = field(default_factory=dict)
+    outstanding: int = 0
+    listed: bool = False
+    error: InputError | None = None
+    closed: bool = False
+
+
 class Pipeline:
     """Feeds pages to the model in batches and hands finished documents to the sink."""
 
     def __init__(
         self,
         request: RunRequest,
+        prepare: PrepareFn,
         generate: GenerateFn,
         sink: Sink,
         reporter: Reporter,
         page_observer: PageObserver | None = None,
     ) -> None:
         self.request = request
+        self.prepare = prepare
         self.generate = generate
         self.sink = sink
         self.reporter = reporter
         self.page_observer = page_observer
         self.summary = RunSummary()
-        self._batch: list[tuple[_DocState, Page]] = []
+        self._batch: list[tuple[_DocState, Page, Any]] = []
+        self._writer: BackgroundWriter | None = None
 
     def run(self, documents: list[Document]) -> RunSummary:
         """Process every document; returns the summary (also kept on `self.summary`)."""
-        for doc in documents:
-            if self.sink.is_done(doc):
-                self.summary.skipped += 1
-                self.reporter.document_skipped(doc)
-                continue
-            state = _DocState(doc)
-            self.reporter.document_started(doc)
-            try:
-                for page in iter_pages(doc, self.request.page_options):
+        state: _DocState | None = None
+        with BackgroundWriter() as self._writer:
+            for event in read_ahead(self._events(documents), depth=2 * self.request.batch_size):
+                if event.kind == "skip":
+                    self.summary.skipped += 1
+                    self.reporter.document_skipped(event.doc)
+                elif event.kind == "start":
+                    state = _DocState(event.doc)
+                    self.reporter.document_started(event.doc)
+                elif event.kind == "page" and not state.error:
                     state.outstanding += 1
-                    self._batch.append((state, page))
+                    self._batch.append((state, event.page, event.prepared))
                     if len(self._batch) >= self.request.batch_size:
                         self._flush()
-                    if state.error:
-                        break
-            except InputError as error:
-                self._fail(state, error)
-            state.listed = True
-            self._close_if_complete(state)
-        self._flush()
+                elif event.kind == "error":
+                    self._fail(state, event.error)
+                elif event.kind == "end":
+                    state.listed = True
+                    self._close_if_complete(state)
+            self._flush()
         return self.summary
+
+    def _events(self, documents: list[Document]) -> Iterator[_Event]:
+        """Runs in the read-ahead thread: decode, render and prepare pages in order."""
+        for doc in documents:
+            if self.sink.is_done(doc):
+                yield _Event("skip", doc)
+                continue
+            yield _Event("start", doc)
+            try:
+                for page in iter_pages(doc, self.request.page_options):
+                    try:
+                        prepared = self.prepare(page.image)
+                    except (ValueError, RuntimeError) as exc:
+                        raise InputError(f"{doc.source}: page {page.number}: cannot prepare image ({exc})") from None
+                    yield _Event("page", doc, page, prepared)
+            except InputError as error:
+                yield _Event("error", doc, error=error)
+            yield _Event("end", doc)
 
     def fail_input(self, source: str, error: InputError) -> None:
         """Count and report an input that failed before it became a document."""
@@ -128,12 +165,12 @@ class Pipeline:
         self.reporter.document_failed(source, error)
 
     def _flush(self) -> None:
-        batch = [(state, page) for state, page in self._batch if not state.error]
+        batch = [item for item in self._batch if not item[0].error]
         self._batch = []
         if not batch:
             return
         try:
-            outputs = self.generate([page.image for _, page in batch], self.request.task)
+            outputs = self.generate([prepared for _, _, prepared in batch], self.request.task)
         except GenerationFailed as error:
             if len(batch) > 1:
                 # Retry alone so one bad page (or an out-of-memory batch) costs only itself.
@@ -141,29 +178,29 @@ class Pipeline:
                     self._batch = [item]
                     self._flush()
                 return
-            state, page = batch[0]
+            state, page, _ = batch[0]
             self._fail(state, GenerationFailed(f"{state.doc.source}: page {page.number}: {error.message}"))
             return
-        for (state, page), raw in zip(batch, outputs):
-            state.pages[page.number] = self._page_result(page, raw)
-            if self.page_observer:
-                self.page_observer(state.doc, page, state.pages[page.number])
+        for (state, page, _), raw in zip(batch, outputs):
+            result = self._page_result(page, raw)
+            state.pages[page.number] = result
             state.outstanding -= 1
             self.summary.pages += 1
             self.summary.truncated_pages += raw.truncated
             self.summary.looping_pages += raw.looping
             self.reporter.page_done(state.doc, page.number, raw)
-        for state in dict.fromkeys(state for state, _ in batch):
+            if self.page_observer:
+                self._writer.submit(lambda doc=state.doc, page=page, result=result: self.page_observer(doc, page, result))
+        for state in dict.fromkeys(state for state, _, _ in batch):
             self._close_if_complete(state)
 
     def _page_result(self, page: Page, raw: RawOutput) -> PageResult:
-        size = page.image.size
-        common = dict(
-            page=page.number, width=size[0], height=size[1], dpi=page.dpi, truncated=raw.truncated, looping=raw.looping
-        )
+        width, height = page.image.size
+        common = dict(page=page.number, width=width, height=height, dpi=page.dpi, truncated=raw.truncated,
+                      looping=raw.looping)  # fmt: skip
         if self.request.task == "md":
             return PageResult(**common, markdown=clean_markdown(raw.text))
-        return PageResult(**common, lines=parse_ocr(raw.text, (raw.resized_width, raw.resized_height), size))
+        return PageResult(**common, lines=parse_ocr(raw.text, (raw.resized_width, raw.resized_height), (width, height)))
 
     def _fail(self, state: _DocState, error: InputError) -> None:
         if state.error is None:
@@ -180,6 +217,10 @@ class Pipeline:
             task=self.request.task,
             pages=tuple(state.pages[number] for number in sorted(state.pages)),
         )
-        written = self.sink.write(state.doc, result)
+        self._writer.submit(lambda: self._write(state.doc, result))
+
+    def _write(self, doc: Document, result: DocumentResult) -> None:
+        """Runs on the writer thread."""
+        written = self.sink.write(doc, result)
         self.summary.done += 1
-        self.reporter.document_done(state.doc, result, written)
+        self.reporter.document_done(doc, result, written)

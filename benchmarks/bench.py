@@ -1,0 +1,330 @@
+"""Throughput benchmark: the model card's loop vs kosmos25's pipeline, side by side.
+
+Full-size KOSMOS-2.5 architecture (`Kosmos2_5Config()` defaults) with random weights
+(compute does not depend on weight values; no download), N synthetic document pages
+(receipt-like and A4-like), a fixed number of new tokens per page (EOS suppressed, so
+every page costs the same). Both ways run in this one process:
+
+- reference: one page at a time, processor -> generate -> batch_decode, default settings;
+- kosmos25: the library's real pipeline (files -> pages -> batches -> parse -> files).
+
+Run: `make bench` or `python benchmarks/bench.py --help`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "src"))
+
+import torch  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+FULL_VOCAB = 108481
+
+
+@dataclass
+class PhaseTimes:
+    """Seconds spent in each phase, summed over pages, measured with forward hooks."""
+
+    vision: float = 0.0
+    prefill: float = 0.0
+    decode: float = 0.0
+    decode_steps: int = 0
+    first_logits: list = field(default_factory=list)
+
+
+class PhaseTimer:
+    """Times the vision encoder, the prefill (first text forward) and the decode steps."""
+
+    def __init__(self, model, device: str) -> None:
+        self.times = PhaseTimes()
+        self.device = device
+        self._start = 0.0
+        self._prefill = False
+        self.handles = [
+            model.vision_model.register_forward_pre_hook(self._begin),
+            model.vision_model.register_forward_hook(self._end_vision),
+            model.text_model.register_forward_pre_hook(self._begin_text, with_kwargs=True),
+            model.text_model.register_forward_hook(self._end_text),
+        ]
+
+    def _sync(self) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def _begin(self, module, args):
+        self._sync()
+        self._start = time.perf_counter()
+
+    def _end_vision(self, module, args, output):
+        self._sync()
+        self.times.vision += time.perf_counter() - self._start
+        self._start = time.perf_counter()  # the image projection counts towards the prefill
+
+    def _begin_text(self, module, args, kwargs):
+        input_ids = kwargs.get("input_ids")
+        self._prefill = input_ids is not None and input_ids.shape[1] > 1
+        if not self._prefill:
+            self._begin(module, args)
+
+    def _end_text(self, module, args, output):
+        self._sync()
+        elapsed = time.perf_counter() - self._start
+        if self._prefill:
+            self.times.prefill += elapsed
+            self.times.first_logits.extend(output.logits[:, -1].float().cpu())
+        else:
+            self.times.decode += elapsed
+            self.times.decode_steps += 1
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+class PeakMemory:
+    """Peak resident memory of this process while the block runs (sampled every 20 ms)."""
+
+    def __enter__(self):
+        self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @staticmethod
+    def _rss() -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def _sample(self):
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self._rss())
+
+
+def release_memory() -> None:
+    """Free the last run's model so the next run's peak memory is its own."""
+    import ctypes
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
+def synthetic_pages(count: int) -> list[Image.Image]:
+    """Receipt-like and A4-like pages with lines of dark 'text' blocks."""
+    pages = []
+    for index in range(count):
+        size = (600, 1600) if index % 2 == 0 else (1654, 2339)
+        image = Image.new("RGB", size, "white")
+        draw = ImageDraw.Draw(image)
+        for y in range(60, size[1] - 60, 48):
+            for x in range(60, size[0] - 200, 160):
+                draw.text((x, y), f"TOTAL {index}.{y % 97:02d}", fill="black")
+        pages.append(image)
+    return pages
+
+
+def build_checkpoint(folder: Path, max_patches: int) -> Path:
+    """Full-size architecture, random weights, bf16 on disk; reused when already built."""
+    from tiny_checkpoint import build_processor, build_tokenizer
+    from transformers import Kosmos2_5Config, Kosmos2_5ForConditionalGeneration
+
+    if (folder / "config.json").exists():
+        return folder
+    torch.manual_seed(0)
+    model = Kosmos2_5ForConditionalGeneration(Kosmos2_5Config()).to(torch.bfloat16)
+    model.save_pretrained(folder)
+    build_processor(build_tokenizer(FULL_VOCAB), max_patches=4096, image_tokens=2048).save_pretrained(folder)
+    del model
+    gc.collect()
+    return folder
+
+
+def run_reference(checkpoint: Path, pages, args) -> dict:
+    """The model card's loop: one page at a time."""
+    from transformers import AutoProcessor, Kosmos2_5ForConditionalGeneration
+    from transformers.models.kosmos2_5 import modeling_kosmos2_5
+
+    # Upstream's state: take back kosmos25's vision-attention fix, applied in this process by the earlier run.
+    for name in ("sdpa", "flash_attention_2"):
+        if name in vars(modeling_kosmos2_5.ALL_ATTENTION_FUNCTIONS):
+            delattr(modeling_kosmos2_5.ALL_ATTENTION_FUNCTIONS, name)
+    dtype = getattr(torch, args.dtype)
+    with PeakMemory() as memory:
+        started = time.perf_counter()
+        processor = AutoProcessor.from_pretrained(checkpoint)
+        model = Kosmos2_5ForConditionalGeneration.from_pretrained(checkpoint, dtype=dtype).to(args.device)
+        load = time.perf_counter() - started
+        timer = PhaseTimer(model, args.device)
+        tokens = []
+        started = time.perf_counter()
+        running = PeakMemory().__enter__()
+        for image in pages:
+            inputs = processor(text="<ocr>", images=image, max_patches=args.max_patches, return_tensors="pt")
+            inputs.pop("height"), inputs.pop("width")
+            inputs = {k: v.to(args.device) if v is not None else None for k, v in inputs.items()}
+            inputs["flattened_patches"] = inputs["flattened_patches"].to(dtype)
+            generated = model.generate(**inputs, max_new_tokens=args.tokens, min_new_tokens=args.tokens)
+            processor.batch_decode(generated, skip_special_tokens=True)
+            tokens.append(generated[0, inputs["input_ids"].shape[1] :].tolist())
+        total = time.perf_counter() - started
+        running.__exit__()
+        timer.close()
+    del model
+    release_memory()
+    return {"load": load, "total": total, "times": timer.times, "tokens": tokens, "peak": memory.peak,
+            "run_peak": running.peak}  # fmt: skip
+
+
+def run_kosmos25(checkpoint: Path, page_files: list[Path], out_dir: Path, args) -> dict:
+    """kosmos25's real pipeline with its defaults for the device (batch size unless given)."""
+    from kosmos_cli.app import Job
+    from kosmos_cli.inputs import PageOptions, collect_documents
+    from kosmos_cli.pipeline import Pipeline, RunRequest
+    from kosmos_cli.progress import PlainReporter
+    from kosmos_cli.runner import ModelRunner, RunnerSettings, auto_batch_size
+    from kosmos_cli.writers import DirectorySink
+
+    settings = RunnerSettings(
+        model=str(checkpoint),
+        device=args.device,
+        dtype="auto" if args.dtype_ours == "auto" else args.dtype_ours,
+        max_new_tokens=args.tokens,
+        min_new_tokens=args.tokens,
+        max_patches=args.max_patches,
+        stop_on_loops=False,
+    )
+    with PeakMemory() as memory:
+        started = time.perf_counter()
+        runner = ModelRunner(settings)
+        load = time.perf_counter() - started
+        batch_size = args.batch_size or auto_batch_size(runner)
+        timer = PhaseTimer(runner.model, runner.device)
+        tokens = []
+        generate = runner.model.generate
+
+        def recording_generate(*gen_args, **gen_kwargs):
+            generated = generate(*gen_args, **gen_kwargs)
+            prompt = gen_kwargs["input_ids"].shape[1]
+            tokens.extend(generated[:, prompt:].tolist())
+            return generated
+
+        runner.model.generate = recording_generate
+        job = Job(task="ocr", paths=tuple(map(str, page_files)), fmt="json", output_dir=out_dir)
+        documents, _ = collect_documents(job.paths)
+        request = RunRequest("ocr", settings.model, PageOptions(), batch_size)
+        sink = DirectorySink(out_dir, "json")
+        pipeline = Pipeline(request, runner.prepare, runner.generate_prepared, sink, PlainReporter(quiet=True))
+        started = time.perf_counter()
+        with PeakMemory() as running:
+            pipeline.run(documents)
+        total = time.perf_counter() - started
+        timer.close()
+    info = {"batch_size": batch_size, "dtype": str(runner.dtype).replace("torch.", ""),
+            "fast_vision": runner.fast_vision_attention}  # fmt: skip
+    del runner, pipeline
+    release_memory()
+    return {"load": load, "total": total, "times": timer.times, "tokens": tokens, "peak": memory.peak,
+            "run_peak": running.peak, **info}  # fmt: skip
+
+
+def report(name: str, result: dict, pages: int) -> dict:
+    times = result["times"]
+    per_page = result["total"] / pages
+    other = result["total"] - times.vision - times.prefill - times.decode
+    row = {
+        "name": name,
+        "load+preprocess": other / pages,
+        "vision": times.vision / pages,
+        "prefill": times.prefill / pages,
+        "decode": times.decode / pages,
+        "total": per_page,
+        "pages/min": 60 / per_page,
+        "peak GB": result["peak"] / 1e9,
+        "run peak GB": result["run_peak"] / 1e9,
+    }
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pages", type=int, default=4, help="synthetic pages (default 4)")
+    parser.add_argument("--tokens", type=int, default=128, help="new tokens per page, EOS suppressed (default 128)")
+    parser.add_argument("--batch-size", type=int, default=None, help="kosmos25 batch size (default: its own choice)")
+    parser.add_argument("--dtype", default="bfloat16", help="reference dtype (default bfloat16, as the model card)")
+    parser.add_argument("--dtype-ours", default="auto", help="kosmos25 dtype (default: its auto choice)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--max-patches", type=int, default=4096)
+    parser.add_argument("--skip-reference", action="store_true", help="time kosmos25 only")
+    parser.add_argument("--cache", type=Path, default=REPO / ".cache" / "bench-full-random")
+    args = parser.parse_args()
+
+    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
+          f"{args.pages} pages x {args.tokens} new tokens, max_patches {args.max_patches}", flush=True)  # fmt: skip
+    started = time.perf_counter()
+    checkpoint = build_checkpoint(args.cache, args.max_patches)
+    print(f"checkpoint ready in {time.perf_counter() - started:.0f} s: {checkpoint}", flush=True)
+    pages = synthetic_pages(args.pages)
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        page_files = []
+        for index, image in enumerate(pages):
+            page_files.append(Path(scratch) / f"page-{index:03d}.png")
+            image.save(page_files[-1])
+        # kosmos25 first, so its peak memory is not inflated by the reference's freed model.
+        ours = run_kosmos25(checkpoint, page_files, Path(scratch) / "out", args)
+        print(f"kosmos25 done: {ours['total']:.1f} s", flush=True)
+        reference = None
+        if not args.skip_reference:
+            reference = run_reference(checkpoint, pages, args)
+            rows.append(report(f"reference ({args.dtype}, batch 1)", reference, args.pages))
+            print(f"reference done: {reference['total']:.1f} s", flush=True)
+        rows.append(report(f"kosmos25 ({ours['dtype']}, batch {ours['batch_size']})", ours, args.pages))
+
+    header = ["way", "load+prep s/page", "vision s/page", "prefill s/page", "decode s/page", "total s/page",
+              "pages/min", "peak RSS GB", "peak RSS after load GB"]  # fmt: skip
+    print("\n| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        values = [row["name"]] + [f"{row[k]:.2f}" for k in list(row)[1:]]
+        print("| " + " | ".join(values) + " |")
+    print(f"\nmodel load: " + ", ".join(f"{n} {r['load']:.1f} s" for n, r in
+                                      (("reference", reference), ("kosmos25", ours)) if r))  # fmt: skip
+    print(f"kosmos25 vision attention: {'SDPA (speed-up on)' if ours['fast_vision'] else 'eager'}")
+    if reference:
+        ratio = reference["total"] / ours["total"]
+        print(f"throughput kosmos25 / reference: {ratio:.2f}x")
+        agree = sum(a == b for ref, mine in zip(reference["tokens"], ours["tokens"]) for a, b in zip(ref, mine))
+        total = sum(len(ref) for ref in reference["tokens"])
+        first = [
+            next((i for i, (a, b) in enumerate(zip(ref, mine)) if a != b), len(ref))
+            for ref, mine in zip(reference["tokens"], ours["tokens"])
+        ]
+        ref_logits = torch.stack(reference["times"].first_logits)
+        our_logits = torch.stack(ours["times"].first_logits)
+        print(f"greedy tokens equal to the reference: {agree}/{total}; first divergence per page: {first}")
+        print(f"largest difference of first-step logits: {(ref_logits - our_logits).abs().max().item():.4f} "
+              f"(logit scale: max |logit| {ref_logits.abs().max().item():.2f})")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

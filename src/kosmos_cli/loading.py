@@ -1,0 +1,151 @@
+"""Loading KOSMOS-2.5: choosing the device and dtype, finding the model (folder, cache,
+hub), and turning every way that can fail into one clear ModelUnavailable paragraph.
+
+torch and transformers are imported inside functions so that `--help` stays instant.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+from .errors import ModelUnavailable, UsageError
+
+DEFAULT_MODEL = "microsoft/kosmos-2.5"
+MODEL_ENV_VAR = "KOSMOS25_MODEL"
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+ATTENTION_KINDS = ("sdpa", "eager", "flash_attention_2")
+
+
+def default_model() -> str:
+    """The model to load when `--model` is not given."""
+    return os.environ.get(MODEL_ENV_VAR) or DEFAULT_MODEL
+
+
+def resolve_device(spec: str) -> str:
+    """Turn `auto|cpu|cuda|cuda:N|mps` into a concrete device, checking it exists."""
+    import torch
+
+    spec = spec.strip().lower()
+    mps = getattr(torch.backends, "mps", None)
+    mps_available = mps is not None and mps.is_available()
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if mps_available else "cpu"
+    if spec == "cpu":
+        return spec
+    if spec == "mps":
+        if not mps_available:
+            raise ModelUnavailable("--device mps: Apple MPS is not available in this torch build or machine")
+        return spec
+    if spec == "cuda" or spec.startswith("cuda:"):
+        index_text = spec.partition(":")[2] or "0"
+        if not index_text.isdigit():
+            raise UsageError(f"--device {spec}: expected cuda or cuda:N")
+        if not torch.cuda.is_available():
+            raise ModelUnavailable(
+                f"--device {spec}: CUDA is not available (torch {torch.__version__}); "
+                "install a CUDA build of torch (make install TORCH=...) or use --device cpu"
+            )
+        if int(index_text) >= torch.cuda.device_count():
+            raise UsageError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) present")
+        return spec
+    raise UsageError(f"--device {spec}: expected auto, cpu, cuda, cuda:N or mps")
+
+
+def _cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(spec: str, device: str):
+    """Pick the torch dtype: bf16 on CUDA (fp16 if unsupported), fp16 on MPS,
+    bf16 on CPUs with native bf16 instructions (faster there), else float32."""
+    import torch
+
+    if spec != "auto":
+        if spec not in DTYPES:
+            raise UsageError(f"--dtype {spec}: expected one of {', '.join(DTYPES)}")
+        return getattr(torch, spec)
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device == "mps":
+        return torch.float16
+    return torch.bfloat16 if _cpu_has_fast_bf16() else torch.float32
+
+
+def _looks_like_path(model: str) -> bool:
+    # Hub ids are "name" or "org/name"; anything else is meant as a folder.
+    return model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model
+
+
+def _hub_reachable() -> bool:
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # a proxy decides; let the hub client try
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=5):
+            return True
+    except OSError:
+        return False
+
+
+def _unavailable(model: str, tried: str, reason: str) -> ModelUnavailable:
+    return ModelUnavailable(
+        f"Cannot load the KOSMOS-2.5 model '{model}': {reason} (tried: {tried}). "
+        "To fix: on a machine with internet access run "
+        "'huggingface-cli download microsoft/kosmos-2.5 --local-dir kosmos-2.5', copy that folder here and pass "
+        "--model ./kosmos-2.5 (or set KOSMOS25_MODEL); if the model is already in the Hugging Face cache, "
+        "set HF_HUB_OFFLINE=1."
+    )
+
+
+def load_model(model: str, revision: str | None, device: str, dtype, attn: str):
+    """Load (processor, model) from a local folder, the cache, or the hub, in that order.
+
+    The hub is only tried when the model is not cached and the hub answers, so an
+    offline machine gets the error at once instead of after minutes of retries.
+    """
+    try:
+        import torch  # noqa: F401
+        from transformers import AutoConfig, AutoProcessor, Kosmos2_5ForConditionalGeneration
+        from transformers.utils import logging as transformers_logging
+    except ImportError as exc:
+        raise ModelUnavailable(f"cannot import {exc.name}: run 'make install' to install the dependencies") from None
+
+    # Our own messages say what is loading; transformers' bars and notices would clutter stderr.
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    local = Path(model).expanduser()
+    kwargs = {"revision": revision}
+    if local.is_dir():
+        source, tried = str(local), f"local folder {local}"
+    elif _looks_like_path(model) or local.exists():
+        raise _unavailable(model, f"local folder {local}", "no such folder")
+    else:
+        source, tried = model, f"Hugging Face cache for {model}"
+        try:
+            AutoConfig.from_pretrained(source, local_files_only=True, **kwargs)
+            kwargs["local_files_only"] = True
+        except OSError:
+            if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+                raise _unavailable(model, tried, "not in the local cache and HF_HUB_OFFLINE is set") from None
+            tried += " and the Hugging Face hub"
+            if not _hub_reachable():
+                raise _unavailable(model, tried, "not cached, and the Hugging Face hub is unreachable") from None
+    try:
+        config = AutoConfig.from_pretrained(source, **kwargs)
+        if config.model_type != "kosmos-2.5":
+            raise _unavailable(model, tried, f"it is a '{config.model_type}' model, not KOSMOS-2.5")
+        processor = AutoProcessor.from_pretrained(source, **kwargs)
+        loaded = Kosmos2_5ForConditionalGeneration.from_pretrained(
+            source, dtype=dtype, attn_implementation=attn, **kwargs
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise _unavailable(model, tried, reason) from None
+    return processor, loaded.to(device).eval()
