@@ -49,36 +49,45 @@ def _vision_run(runner, monkeypatch):
     return hidden, calls
 
 
-def test_vision_encoder_uses_sdpa_and_matches_eager(random_model, monkeypatch):
+@pytest.fixture
+def upstream_registry():
+    """Take back the attribute-lookup fix before and after a test: upstream's state."""
     from transformers.models.kosmos2_5 import modeling_kosmos2_5
 
     registry = modeling_kosmos2_5.ALL_ATTENTION_FUNCTIONS
-    monkeypatch.delattr(registry, "sdpa", raising=False)  # start from upstream's state
+
+    def reset():
+        for name in list(vars(registry)):
+            if name in registry:
+                delattr(registry, name)
+
+    reset()
+    yield reset
+    reset()
+
+
+def test_vision_encoder_uses_sdpa_and_matches_eager(random_model, monkeypatch, upstream_registry):
     layers = 2  # tiny checkpoint's vision layers
     eager_runner = ModelRunner(RunnerSettings(model=str(random_model), dtype="float32", attn="eager"))
     eager_hidden, eager_calls = _vision_run(eager_runner, monkeypatch)
     assert eager_calls == {"eager": layers, "sdpa": 0}
 
-    monkeypatch.delattr(registry, "sdpa", raising=False)
+    upstream_registry()
     sdpa_runner = ModelRunner(RunnerSettings(model=str(random_model), dtype="float32", attn="sdpa"))
     assert sdpa_runner.fast_vision_attention and not eager_runner.fast_vision_attention
     sdpa_hidden, sdpa_calls = _vision_run(sdpa_runner, monkeypatch)
     assert sdpa_calls == {"eager": 0, "sdpa": layers}
     torch.testing.assert_close(sdpa_hidden, eager_hidden, rtol=1e-4, atol=1e-5)
-    monkeypatch.delattr(registry, "sdpa", raising=False)
 
 
-def test_greedy_tokens_identical_with_and_without_the_speedup(trained_model, random_model, monkeypatch):
-    from transformers.models.kosmos2_5 import modeling_kosmos2_5
-
+def test_greedy_tokens_identical_with_and_without_the_speedups(trained_model, random_model, upstream_registry):
     images = _images()
     results = {}
-    for attn in ("eager", "sdpa"):
-        monkeypatch.delattr(modeling_kosmos2_5.ALL_ATTENTION_FUNCTIONS, "sdpa", raising=False)
+    for attn in ("eager", "sdpa"):  # sdpa on CPU: SDPA + the CPU decode kernel + the vision fix
+        upstream_registry()
         for name, model in (("trained", trained_model), ("random", random_model)):
             runner = ModelRunner(RunnerSettings(model=str(model), dtype="float32", attn=attn, max_new_tokens=40))
             results[attn, name] = runner.generate(images, "ocr")
-    monkeypatch.delattr(modeling_kosmos2_5.ALL_ATTENTION_FUNCTIONS, "sdpa", raising=False)
     assert results["eager", "trained"] == results["sdpa", "trained"]
     assert results["eager", "random"] == results["sdpa", "random"]
 
@@ -97,3 +106,29 @@ def test_growing_cache_gives_the_same_tokens_as_dynamic_cache(random_model):
         growing = runner.model.generate(**inputs, **settings, past_key_values=cache)
     assert torch.equal(dynamic, growing)
     assert cache.get_seq_length() == dynamic.shape[1] - 1  # the last token is never fed back
+
+
+def test_cpu_decode_kernel_matches_sdpa_on_a_growing_cache_view():
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from kosmos_cli.speedups import _whole_buffer, growing_cache, register_cpu_attention
+
+    torch.manual_seed(0)
+    cache = growing_cache(step=16)
+    keys, values = torch.randn(2, 4, 37, 8), torch.randn(2, 4, 37, 8)
+    cache.update(keys, values, 0)
+    key_view, value_view = cache.update(torch.randn(2, 4, 1, 8), torch.randn(2, 4, 1, 8), 0)
+    assert key_view.shape == (2, 4, 38, 8) and _whole_buffer(key_view).shape == (2, 4, 53, 8)
+    assert _whole_buffer(keys) is keys or _whole_buffer(keys).data_ptr() == keys.data_ptr()  # contiguous: itself
+    assert _whole_buffer(torch.randn(4, 2, 38, 8).transpose(0, 1)) is None  # other layouts: not taken
+
+    class Attention(torch.nn.Module):
+        is_causal = True
+
+    query = torch.randn(2, 4, 1, 8)
+    mask = torch.zeros(2, 1, 1, 38)
+    mask[1, ..., :5] = torch.finfo(torch.float32).min  # a padded start on the second row
+    fast, _ = ALL_ATTENTION_FUNCTIONS[register_cpu_attention()](Attention(), query, key_view, value_view, mask, scaling=0.3)
+    reference, _ = sdpa_attention_forward(Attention(), query, key_view.contiguous(), value_view.contiguous(), mask, scaling=0.3)
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-6)

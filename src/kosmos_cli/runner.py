@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING, Any
 from .errors import GenerationFailed, UsageError
 from .loading import ATTENTION_KINDS, DEFAULT_MODEL, load_model, resolve_device, resolve_dtype
 from .repetition import find_loop, trim_loop
-from .speedups import enable_vision_attention_kernel, growing_cache, vision_attention_lookup_is_broken
+from .speedups import (
+    enable_vision_attention_kernel,
+    growing_cache,
+    register_cpu_attention,
+    vision_attention_lookup_is_broken,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -69,10 +74,12 @@ class ModelRunner:
         self.dtype = resolve_dtype(settings.dtype, self.device)
         if settings.attn == "flash_attention_2" and not self.device.startswith("cuda"):
             raise UsageError("--attn flash_attention_2 needs a CUDA device")
-        self.processor, self.model = load_model(settings.model, settings.revision, self.device, self.dtype, settings.attn)
+        # On CPU, "sdpa" means SDPA plus a faster kernel for decoding steps (see speedups).
+        self.attention = register_cpu_attention() if self.device == "cpu" and settings.attn == "sdpa" else settings.attn
+        self.processor, self.model = load_model(settings.model, settings.revision, self.device, self.dtype, self.attention)
         # True when the vision encoder runs the requested kernel rather than eager attention.
         self.fast_vision_attention = settings.attn != "eager" and (
-            enable_vision_attention_kernel(settings.attn) or not vision_attention_lookup_is_broken()
+            enable_vision_attention_kernel(self.attention) or not vision_attention_lookup_is_broken()
         )
         self.max_patches = settings.max_patches or self.processor.image_processor.max_patches
         self.eos_token_id = self.processor.tokenizer.eos_token_id
