@@ -48,16 +48,18 @@ def execute(job: Job, reporter: PlainReporter, stdin: io.BufferedIOBase | None =
         sink.check_writable()
     else:
         sink = StdoutSink(job.fmt, several=len(documents) > 1)
-    runner: ModelRunner | None = None
+    prepare, generate, batch_size = _no_model, _no_model, 1
     if any(not sink.is_done(doc) for doc in documents):
         runner = ModelRunner(job.runner)
-    batch_size = job.batch_size or (auto_batch_size(runner) if runner else 1)
+        prepare, generate = runner.prepare, runner.generate_prepared
+        batch_size = job.batch_size or auto_batch_size(runner)
+        reporter.info(
+            f"model {job.runner.model} on {runner.device} ({str(runner.dtype).removeprefix('torch.')}, "
+            f"{runner.attention} attention), {batch_size} page{'s' * (batch_size != 1)} per batch"
+        )
     request = RunRequest(job.task, job.runner.model, job.page_options, batch_size)
     drawer = PageDrawer(job.draw_dir) if job.draw_dir else None
-    if runner is not None:
-        pipeline = Pipeline(request, runner.prepare, runner.generate_prepared, sink, reporter, drawer)
-    else:
-        pipeline = Pipeline(request, _no_model, _no_model, sink, reporter, drawer)
+    pipeline = Pipeline(request, prepare, generate, sink, reporter, drawer)
     reporter.started(len(documents) + len(missing))
     for source, error in missing:
         pipeline.fail_input(source, error)
@@ -68,5 +70,5 @@ def execute(job: Job, reporter: PlainReporter, stdin: io.BufferedIOBase | None =
     return pipeline.summary
 
 
-def _no_model(*args):  # pragma: no cover - never called: every output already existed
-    raise RuntimeError("model was not loaded because every output already existed")
+def _no_model(*args):  # pragma: no cover - never called: every input is skipped
+    raise RuntimeError("the model was not loaded because every output already existed")
