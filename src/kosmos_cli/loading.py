@@ -98,7 +98,7 @@ def _unavailable(model: str, tried: str, reason: str) -> ModelUnavailable:
     return ModelUnavailable(
         f"Cannot load the KOSMOS-2.5 model '{model}': {reason} (tried: {tried}). "
         "To fix: on a machine with internet access run "
-        "'huggingface-cli download microsoft/kosmos-2.5 --local-dir kosmos-2.5', copy that folder here and pass "
+        "'hf download microsoft/kosmos-2.5 --local-dir kosmos-2.5', copy that folder here and pass "
         "--model ./kosmos-2.5 (or set KOSMOS25_MODEL); if the model is already in the Hugging Face cache, "
         "set HF_HUB_OFFLINE=1."
     )
