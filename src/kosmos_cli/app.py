@@ -15,7 +15,7 @@ from .inputs import PageOptions, collect_documents
 from .pipeline import Pipeline, RunRequest, RunSummary
 from .progress import PlainReporter
 from .runner import ModelRunner, RunnerSettings, auto_batch_size
-from .writers import DirectorySink, StdoutSink
+from .writers import DirectorySink, StdoutSink, check_folder_writable
 
 
 @dataclass(frozen=True)
@@ -43,9 +43,11 @@ def execute(job: Job, reporter: PlainReporter, stdin: io.BufferedIOBase | None =
     if job.draw_dir is not None and job.task != "ocr":
         raise UsageError("--draw draws OCR boxes; use it with 'kosmos25 ocr'")
     documents, missing = collect_documents(job.paths, stdin)
+    for folder in (job.output_dir, job.draw_dir):
+        if folder is not None:
+            check_folder_writable(folder)
     if job.output_dir is not None:
         sink = DirectorySink(job.output_dir, job.fmt, overwrite=job.overwrite)
-        sink.check_writable()
     else:
         sink = StdoutSink(job.fmt, several=len(documents) > 1)
     prepare, generate, batch_size = _no_model, _no_model, 1

@@ -104,6 +104,13 @@ def write_atomic_bytes(path: Path, data: bytes) -> None:
             os.unlink(temp_name)
 
 
+def check_folder_writable(folder: Path) -> None:
+    """Raise OutputFailed now, before the model is loaded, if `folder` cannot take files."""
+    probe = folder / ".kosmos25-write-test"
+    write_atomic(probe, "")
+    probe.unlink()
+
+
 class DirectorySink:
     """Writes one file per input under a folder, mirroring the inputs' sub-folders."""
 
@@ -111,11 +118,6 @@ class DirectorySink:
         self.folder = folder
         self.fmt = fmt
         self.overwrite = overwrite
-
-    def check_writable(self) -> None:
-        """Fail early, before the model is loaded, if the folder cannot take files."""
-        write_atomic(self.folder / ".kosmos25-write-test", "")
-        (self.folder / ".kosmos25-write-test").unlink()
 
     def path_for(self, doc: Document) -> Path:
         return self.folder / (str(doc.output_name) + SUFFIXES[self.fmt])
@@ -138,9 +140,6 @@ class StdoutSink:
         self.stream = stream or sys.stdout
         self.several = several
         self._wrote_header = False
-
-    def check_writable(self) -> None:
-        """Nothing to check before the run."""
 
     def is_done(self, doc: Document) -> bool:
         return False
