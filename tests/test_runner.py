@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 import tiny_checkpoint
-from kosmos_cli.runner import ModelRunner, RunnerSettings, auto_batch_size
+from kosmos_cli.runner import ModelRunner, RunnerSettings, auto_batch_size, finish_row
 
 pytestmark = pytest.mark.model
 
@@ -73,3 +73,13 @@ def test_looping_generation_stopped_early_and_flagged(random_model, monkeypatch)
     output = runner.generate(_images()[:1], "ocr")[0]
     assert output.looping and not output.truncated
     assert output.text.count("<") == 1  # one token repeated; the repeats cut to one copy
+
+
+def test_finish_row_cuts_batch_padding_after_eos():
+    eos, pad = 2, 1
+    # A page that finished early in a batch whose other page ran on: 100 pad tokens after EOS.
+    assert finish_row([5, 6, 7, eos] + [pad] * 100, eos) == ([5, 6, 7, eos], False, False)
+    assert finish_row([5, 6] * 3, eos) == ([5, 6] * 3, True, False)  # no EOS, no loop: truncated
+    looped = [9] + [4] * 100
+    assert finish_row(looped, eos) == ([9, 4], False, True)
+    assert finish_row(looped, eos, detect_loops=False) == (looped, True, False)

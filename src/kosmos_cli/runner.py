@@ -134,12 +134,23 @@ class ModelRunner:
             raise GenerationFailed(f"model failed: {first_line}") from exc
         outputs = []
         for row, page in zip(generated[:, prompt_length:].tolist(), pages):
-            finished = self.eos_token_id in row
-            tokens, looping = trim_loop(row) if self.settings.stop_on_loops else (row, False)
+            tokens, truncated, looping = finish_row(row, self.eos_token_id, self.settings.stop_on_loops)
             text = self.processor.decode(tokens, skip_special_tokens=True)
-            truncated = not (finished or looping)
             outputs.append(RawOutput(text, page.resized_width, page.resized_height, truncated, looping))
         return outputs
+
+
+def finish_row(row: list[int], eos_token_id: int, detect_loops: bool = True) -> tuple[list[int], bool, bool]:
+    """One page's generated tokens -> (tokens, truncated, looping).
+
+    A page that ended before others in its batch is padded after its EOS; the row is
+    cut there, so padding is never mistaken for a loop. A row without EOS either
+    stopped repeating itself (looping) or ran into max_new_tokens (truncated).
+    """
+    if eos_token_id in row:
+        return row[: row.index(eos_token_id) + 1], False, False
+    tokens, looping = trim_loop(row) if detect_loops else (row, False)
+    return tokens, not looping, looping
 
 
 def _stop_on_loop(prompt_length: int, every: int = 8):
