@@ -240,7 +240,7 @@ def run_kosmos25(checkpoint: Path, page_files: list[Path], out_dir: Path, args) 
         total = time.perf_counter() - started
         timer.close()
     info = {"batch_size": batch_size, "dtype": str(runner.dtype).replace("torch.", ""),
-            "fast_vision": runner.fast_vision_attention}  # fmt: skip
+            "fast_vision": runner.fast_vision_attention, "attention": runner.attention}  # fmt: skip
     del runner, pipeline
     release_memory()
     return {"load": load, "total": total, "times": timer.times, "tokens": tokens, "peak": memory.peak,
@@ -309,7 +309,8 @@ def main() -> None:
         print("| " + " | ".join(values) + " |")
     print(f"\nmodel load: " + ", ".join(f"{n} {r['load']:.1f} s" for n, r in
                                       (("reference", reference), ("kosmos25", ours)) if r))  # fmt: skip
-    print(f"kosmos25 vision attention: {'SDPA (speed-up on)' if ours['fast_vision'] else 'eager'}")
+    vision = ours["attention"] if ours["fast_vision"] else "eager"
+    print(f"kosmos25 attention: {ours['attention']} (vision encoder: {vision})")
     if reference:
         ratio = reference["total"] / ours["total"]
         print(f"throughput kosmos25 / reference: {ratio:.2f}x")

@@ -1,4 +1,5 @@
-"""The vision encoder runs SDPA when asked, not eager attention, and gives the same result."""
+"""The vision encoder runs the requested attention kernel, not eager attention, with fused
+element-wise steps, and gives the same result as transformers' own code."""
 
 from __future__ import annotations
 
@@ -24,24 +25,27 @@ def _images():
     return [Image.radial_gradient("L").resize((300, 200)).convert("RGB"), Image.linear_gradient("L").resize((100, 500)).convert("RGB")]
 
 
+def _counting(calls: dict, name: str, function):
+    def counted(*args, **kwargs):
+        calls[name] += 1
+        return function(*args, **kwargs)
+
+    return counted
+
+
 def _vision_run(runner, monkeypatch):
     """Run only the vision encoder and count which attention kernels it calls."""
     from transformers.models.kosmos2_5 import modeling_kosmos2_5
 
-    calls = {"eager": 0, "sdpa": 0}
-    eager = modeling_kosmos2_5.eager_attention_forward
-    sdpa = torch.nn.functional.scaled_dot_product_attention
+    from kosmos_cli import cpu_attention
 
-    def counting_eager(*args, **kwargs):
-        calls["eager"] += 1
-        return eager(*args, **kwargs)
-
-    def counting_sdpa(*args, **kwargs):
-        calls["sdpa"] += 1
-        return sdpa(*args, **kwargs)
-
-    monkeypatch.setattr(modeling_kosmos2_5, "eager_attention_forward", counting_eager)
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting_sdpa)
+    calls = {"eager": 0, "sdpa": 0, "kosmos25_cpu": 0}
+    for module, name, key in (
+        (modeling_kosmos2_5, "eager_attention_forward", "eager"),
+        (torch.nn.functional, "scaled_dot_product_attention", "sdpa"),
+        (cpu_attention, "blocked_attention", "kosmos25_cpu"),
+    ):
+        monkeypatch.setattr(module, name, _counting(calls, key, getattr(module, name)))
     inputs = runner.processor(text=["<ocr>"] * 2, images=_images(), max_patches=runner.max_patches, return_tensors="pt")
     with torch.no_grad():
         hidden = runner.model.vision_model(flattened_patches=inputs["flattened_patches"]).last_hidden_state
@@ -66,18 +70,40 @@ def upstream_registry():
     reset()
 
 
-def test_vision_encoder_uses_sdpa_and_matches_eager(random_model, monkeypatch, upstream_registry):
+def test_vision_encoder_uses_the_cpu_kernel_and_matches_eager(random_model, monkeypatch, upstream_registry):
     layers = 2  # tiny checkpoint's vision layers
     eager_runner = ModelRunner(RunnerSettings(model=str(random_model), dtype="float32", attn="eager"))
     eager_hidden, eager_calls = _vision_run(eager_runner, monkeypatch)
-    assert eager_calls == {"eager": layers, "sdpa": 0}
+    assert eager_calls == {"eager": layers, "sdpa": 0, "kosmos25_cpu": 0}
 
     upstream_registry()
-    sdpa_runner = ModelRunner(RunnerSettings(model=str(random_model), dtype="float32", attn="sdpa"))
-    assert sdpa_runner.fast_vision_attention and not eager_runner.fast_vision_attention
-    sdpa_hidden, sdpa_calls = _vision_run(sdpa_runner, monkeypatch)
-    assert sdpa_calls == {"eager": 0, "sdpa": layers}
-    torch.testing.assert_close(sdpa_hidden, eager_hidden, rtol=1e-4, atol=1e-5)
+    fast_runner = ModelRunner(RunnerSettings(model=str(random_model), dtype="float32", attn="sdpa"))
+    assert fast_runner.fast_vision_attention and not eager_runner.fast_vision_attention
+    fast_hidden, fast_calls = _vision_run(fast_runner, monkeypatch)
+    assert fast_calls == {"eager": 0, "sdpa": 0, "kosmos25_cpu": layers}
+    torch.testing.assert_close(fast_hidden, eager_hidden, rtol=1e-4, atol=1e-5)
+
+
+def test_vision_elementwise_steps_are_fused_and_equal(random_model):
+    from transformers.activations import GELUTanh, NewGELUActivation
+    from transformers.models.kosmos2_5 import modeling_kosmos2_5
+
+    from kosmos_cli.speedups import fuse_vision_elementwise
+
+    runner = ModelRunner(RunnerSettings(model=str(random_model), dtype="float32", attn="eager"))
+    vision = runner.model.vision_model
+    norms = [m for m in vision.modules() if type(m) is modeling_kosmos2_5.Kosmos2_5LayerNorm]
+    assert len(norms) == 2 * 2 + 1 and sum(isinstance(m, NewGELUActivation) for m in vision.modules()) == 2
+    parameter_names = [name for name, _ in vision.named_parameters()]
+    inputs = runner.processor(text=["<ocr>"] * 2, images=_images(), max_patches=runner.max_patches, return_tensors="pt")
+    with torch.no_grad():
+        before = vision(flattened_patches=inputs["flattened_patches"]).last_hidden_state
+        assert fuse_vision_elementwise(runner.model) == 5 + 2
+        after = vision(flattened_patches=inputs["flattened_patches"]).last_hidden_state
+    assert not any(type(m) is modeling_kosmos2_5.Kosmos2_5LayerNorm for m in vision.modules())
+    assert sum(isinstance(m, GELUTanh) for m in vision.modules()) == 2
+    assert [name for name, _ in vision.named_parameters()] == parameter_names  # same weights, same names
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-6)
 
 
 def test_greedy_tokens_identical_with_and_without_the_speedups(trained_model, random_model, upstream_registry):
@@ -106,29 +132,3 @@ def test_growing_cache_gives_the_same_tokens_as_dynamic_cache(random_model):
         growing = runner.model.generate(**inputs, **settings, past_key_values=cache)
     assert torch.equal(dynamic, growing)
     assert cache.get_seq_length() == dynamic.shape[1] - 1  # the last token is never fed back
-
-
-def test_cpu_decode_kernel_matches_sdpa_on_a_growing_cache_view():
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-    from kosmos_cli.speedups import _whole_buffer, growing_cache, register_cpu_attention
-
-    torch.manual_seed(0)
-    cache = growing_cache(step=16)
-    keys, values = torch.randn(2, 4, 37, 8), torch.randn(2, 4, 37, 8)
-    cache.update(keys, values, 0)
-    key_view, value_view = cache.update(torch.randn(2, 4, 1, 8), torch.randn(2, 4, 1, 8), 0)
-    assert key_view.shape == (2, 4, 38, 8) and _whole_buffer(key_view).shape == (2, 4, 53, 8)
-    assert _whole_buffer(keys) is keys or _whole_buffer(keys).data_ptr() == keys.data_ptr()  # contiguous: itself
-    assert _whole_buffer(torch.randn(4, 2, 38, 8).transpose(0, 1)) is None  # other layouts: not taken
-
-    class Attention(torch.nn.Module):
-        is_causal = True
-
-    query = torch.randn(2, 4, 1, 8)
-    mask = torch.zeros(2, 1, 1, 38)
-    mask[1, ..., :5] = torch.finfo(torch.float32).min  # a padded start on the second row
-    fast, _ = ALL_ATTENTION_FUNCTIONS[register_cpu_attention()](Attention(), query, key_view, value_view, mask, scaling=0.3)
-    reference, _ = sdpa_attention_forward(Attention(), query, key_view.contiguous(), value_view.contiguous(), mask, scaling=0.3)
-    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-6)

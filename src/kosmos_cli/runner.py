@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 from .errors import GenerationFailed, UsageError
 from .loading import ATTENTION_KINDS, DEFAULT_MODEL, load_model, resolve_device, resolve_dtype
 from .repetition import find_loop, trim_loop
+from .cpu_attention import register_cpu_attention
 from .speedups import (
     enable_vision_attention_kernel,
+    fuse_vision_elementwise,
     growing_cache,
-    register_cpu_attention,
     vision_attention_lookup_is_broken,
 )
 
@@ -74,13 +75,16 @@ class ModelRunner:
         self.dtype = resolve_dtype(settings.dtype, self.device)
         if settings.attn == "flash_attention_2" and not self.device.startswith("cuda"):
             raise UsageError("--attn flash_attention_2 needs a CUDA device")
-        # On CPU, "sdpa" means SDPA plus a faster kernel for decoding steps (see speedups).
+        # On CPU, "sdpa" means kosmos25's CPU attention kernels (see cpu_attention).
         self.attention = register_cpu_attention() if self.device == "cpu" and settings.attn == "sdpa" else settings.attn
         self.processor, self.model = load_model(settings.model, settings.revision, self.device, self.dtype, self.attention)
+        # "eager" keeps transformers' own code paths, for comparison; every other kind gets the speed-ups.
         # True when the vision encoder runs the requested kernel rather than eager attention.
         self.fast_vision_attention = settings.attn != "eager" and (
             enable_vision_attention_kernel(self.attention) or not vision_attention_lookup_is_broken()
         )
+        if settings.attn != "eager":
+            fuse_vision_elementwise(self.model)
         self.max_patches = settings.max_patches or self.processor.image_processor.max_patches
         self.eos_token_id = self.processor.tokenizer.eos_token_id
         self._prompts: dict[str, dict] = {}

@@ -1,0 +1,119 @@
+"""kosmos25's CPU attention kernels give SDPA's results for every shape and mask KOSMOS-2.5 uses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from kosmos_cli import cpu_attention
+from kosmos_cli.cpu_attention import _kept_keys, _whole_buffer, register_cpu_attention
+from kosmos_cli.speedups import growing_cache
+
+MIN = torch.finfo(torch.float32).min
+
+
+class Attention(torch.nn.Module):
+    """Stands in for a transformers attention module: the kernels read only `is_causal`."""
+
+    def __init__(self, is_causal: bool) -> None:
+        super().__init__()
+        self.is_causal = is_causal
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of 5 query rows and 1 to 4 heads, so the test shapes span several blocks."""
+    monkeypatch.setattr(cpu_attention, "BLOCK_ROWS", 5)
+    monkeypatch.setattr(cpu_attention, "BLOCK_BYTES", 5 * 2 * 31 * 4)
+
+
+def _key_padding_mask(batch: int, queries: int, keys: int) -> torch.Tensor:
+    """The vision encoder's mask: the last keys of each page padded, every query row the same."""
+    mask = torch.zeros(batch, 1, queries, keys)
+    for row in range(batch):
+        mask[row, ..., keys - 3 - row :] = MIN
+    return mask
+
+
+CASES = {
+    # name: (queries, keys, module is_causal, mask)
+    "vision, key padding": (23, 23, False, _key_padding_mask(2, 23, 23)),
+    "vision, no padding": (23, 23, False, torch.zeros(2, 1, 23, 23)),
+    "image projection, no mask": (12, 31, False, None),
+    "prefill, causal": (23, 23, True, None),
+    "causal, keys beyond the queries": (11, 19, True, None),
+    "additive mask per head": (9, 14, False, torch.randn(2, 4, 9, 14)),
+    "boolean mask": (9, 14, True, torch.rand(1, 1, 9, 14) > 0.3),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("scaling", [0.125, 0.3])
+def test_many_query_tokens_match_sdpa(name, scaling, small_blocks):
+    queries, keys, is_causal, mask = CASES[name]
+    torch.manual_seed(0)
+    if mask is not None and mask.dtype == torch.bool:
+        mask[..., 0] = True  # every query sees at least one key, as in real masks
+    query, key, value = torch.randn(2, 4, queries, 8), torch.randn(2, 4, keys, 8), torch.randn(2, 4, keys, 8)
+    module = Attention(is_causal)
+    ours, _ = ALL_ATTENTION_FUNCTIONS[register_cpu_attention()](module, query, key, value, mask, scaling=scaling)
+    reference, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=scaling)
+    assert ours.shape == reference.shape == (2, queries, 4, 8)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_is_causal_argument_overrides_the_module(small_blocks):
+    torch.manual_seed(0)
+    query, key, value = torch.randn(1, 2, 7, 8), torch.randn(1, 2, 13, 8), torch.randn(1, 2, 13, 8)
+    ours, _ = cpu_attention.cpu_attention(Attention(True), query, key, value, None, is_causal=False)
+    reference = torch.nn.functional.scaled_dot_product_attention(query, key, value).transpose(1, 2)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_kept_keys_recognises_only_key_padding():
+    padding = _key_padding_mask(1, 6, 10)[0]
+    assert _kept_keys(padding).tolist() == [0, 1, 2, 3, 4, 5, 6]
+    assert _kept_keys(torch.zeros(1, 6, 10)).tolist() == list(range(10))
+    varying = padding.clone()
+    varying[0, 2, 1] = MIN  # one query row differs: not a key-padding mask
+    assert _kept_keys(varying) is None
+    soft = torch.zeros(1, 6, 10)
+    soft[..., 3] = -2.0  # a bias, not padding: must be added, not dropped
+    assert _kept_keys(soft) is None
+    assert _kept_keys(torch.full((1, 6, 10), MIN)) is None  # nothing left to attend to
+    assert _kept_keys(torch.ones(1, 6, 10, dtype=torch.bool)) is None
+
+
+def test_decode_step_matches_sdpa_on_a_growing_cache_view():
+    torch.manual_seed(0)
+    cache = growing_cache(step=16)
+    keys, values = torch.randn(2, 4, 37, 8), torch.randn(2, 4, 37, 8)
+    cache.update(keys, values, 0)
+    key_view, value_view = cache.update(torch.randn(2, 4, 1, 8), torch.randn(2, 4, 1, 8), 0)
+    assert key_view.shape == (2, 4, 38, 8) and _whole_buffer(key_view).shape == (2, 4, 53, 8)
+    assert _whole_buffer(keys) is keys or _whole_buffer(keys).data_ptr() == keys.data_ptr()  # contiguous: itself
+    assert _whole_buffer(torch.randn(4, 2, 38, 8).transpose(0, 1)) is None  # other layouts: not taken
+
+    query = torch.randn(2, 4, 1, 8)
+    mask = torch.zeros(2, 1, 1, 38)
+    mask[1, ..., :5] = MIN  # a padded start on the second row
+    kernel = ALL_ATTENTION_FUNCTIONS[register_cpu_attention()]
+    fast, _ = kernel(Attention(True), query, key_view, value_view, mask, scaling=0.3)
+    reference, _ = sdpa_attention_forward(Attention(True), query, key_view.contiguous(), value_view.contiguous(), mask, scaling=0.3)
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_unusual_calls_go_to_sdpa(monkeypatch):
+    calls = []
+    monkeypatch.setattr(cpu_attention, "blocked_attention", lambda *args: calls.append("blocked"))
+    query = torch.randn(1, 2, 5, 8)
+    module = Attention(False)
+    module.num_key_value_groups = 2  # grouped key/value heads
+    output, _ = cpu_attention.cpu_attention(module, query, torch.randn(1, 1, 5, 8), torch.randn(1, 1, 5, 8), None)
+    assert output.shape == (1, 5, 2, 8) and calls == []
+    cpu_attention.cpu_attention(Attention(False), query, query, query, None, dropout=0.1)
+    assert calls == []
+    cpu_attention.cpu_attention(Attention(False), query, query, query, None)
+    assert calls == ["blocked"]
