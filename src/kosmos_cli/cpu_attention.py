@@ -109,6 +109,7 @@ def blocked_attention(query, key, value, attention_mask, scale: float, causal: b
         query, scale = query * scale, 1.0
     masks = None if attention_mask is None else attention_mask.expand(batch, heads, q_len, k_len)
     output = query.new_empty(batch, q_len, heads, value.shape[-1])
+    future = torch.ones(BLOCK_ROWS, BLOCK_ROWS, dtype=torch.bool).triu_(1) if causal else None
     group = max(1, min(heads, BLOCK_BYTES // (BLOCK_ROWS * k_len * query.element_size())))
     for row in range(batch):
         keys, values, mask = key[row], value[row], None if masks is None else masks[row]
@@ -125,9 +126,9 @@ def blocked_attention(query, key, value, attention_mask, scale: float, causal: b
                     scores.mul_(scale)
                 if mask is not None:
                     _apply_mask(scores, mask[head, first:last, :end])
-                if causal and last - first > 1:
-                    future = torch.ones(last - first, last - first, dtype=torch.bool).triu_(1)
-                    scores[..., first:last].masked_fill_(future, torch.finfo(scores.dtype).min)
+                if causal:
+                    block = last - first
+                    scores[..., first:last].masked_fill_(future[:block, :block], torch.finfo(scores.dtype).min)
                 probs = torch.softmax(scores, dim=-1)
                 output[row, first:last, head] = torch.matmul(probs, values[head, :end]).transpose(0, 1)
     return output
@@ -143,11 +144,12 @@ def _apply_mask(scores, mask) -> None:
 
 
 def _kept_keys(mask) -> Any:
-    """Indices of the keys a pure key-padding mask [heads or 1, queries, keys] keeps, else None.
+    """The keys a pure key-padding mask [heads or 1, queries, keys] keeps (a slice or indices), else None.
 
     A key-padding mask (the vision encoder's) is the same row for every head and
     query, 0 for real patches and the dtype's minimum for padding: dropping padded
     keys gives the same softmax (their weight is exactly 0) and skips adding the mask.
+    Padding is usually at the end, where a slice drops it without copying.
     """
     import torch
 
@@ -160,4 +162,5 @@ def _kept_keys(mask) -> Any:
     padded = first_row <= torch.finfo(mask.dtype).min
     if not bool((padded | (first_row == 0)).all()) or bool(padded.all()):
         return None
-    return (~padded).nonzero().reshape(-1)
+    kept = (~padded).nonzero().reshape(-1)
+    return slice(0, len(kept)) if int(kept[-1]) == len(kept) - 1 else kept
