@@ -80,7 +80,7 @@ def test_vision_encoder_uses_the_cpu_kernel_and_matches_eager(random_model, monk
     fast_runner = ModelRunner(RunnerSettings(model=str(random_model), dtype="float32", attn="sdpa"))
     assert fast_runner.fast_vision_attention and not eager_runner.fast_vision_attention
     fast_hidden, fast_calls = _vision_run(fast_runner, monkeypatch)
-    assert fast_calls == {"eager": 0, "sdpa": 0, "kosmos25_cpu": layers * 2}  # one page at a time
+    assert fast_calls == {"eager": 0, "sdpa": 0, "kosmos25_cpu": layers}
     torch.testing.assert_close(fast_hidden, eager_hidden, rtol=1e-4, atol=1e-5)
 
 
@@ -132,19 +132,3 @@ def test_growing_cache_gives_the_same_tokens_as_dynamic_cache(random_model):
         growing = runner.model.generate(**inputs, **settings, past_key_values=cache)
     assert torch.equal(dynamic, growing)
     assert cache.get_seq_length() == dynamic.shape[1] - 1  # the last token is never fed back
-
-
-def test_vision_encoder_one_page_at_a_time_gives_the_batch_result(random_model):
-    from kosmos_cli.speedups import vision_one_page_at_a_time
-
-    runner = ModelRunner(RunnerSettings(model=str(random_model), dtype="float32", attn="eager"))
-    vision = runner.model.vision_model
-    patches = runner.processor(text=["<ocr>"] * 2, images=_images(), max_patches=runner.max_patches, return_tensors="pt")["flattened_patches"]
-    encoder_batches = []
-    vision.encoder.register_forward_pre_hook(lambda module, args: encoder_batches.append(args[0].shape[0]))
-    with torch.no_grad():
-        batched = vision(flattened_patches=patches).last_hidden_state
-        vision_one_page_at_a_time(runner.model)
-        paged = vision(flattened_patches=patches).last_hidden_state
-    assert encoder_batches == [2, 1, 1]
-    torch.testing.assert_close(paged, batched, rtol=1e-5, atol=1e-6)

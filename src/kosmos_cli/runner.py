@@ -14,13 +14,12 @@ from typing import TYPE_CHECKING, Any
 from .errors import GenerationFailed, UsageError
 from .loading import ATTENTION_KINDS, DEFAULT_MODEL, load_model, resolve_device, resolve_dtype
 from .repetition import find_loop, trim_loop
-from .cpu_attention import CPU_ATTENTION, register_cpu_attention
+from .cpu_attention import register_cpu_attention
 from .speedups import (
     enable_vision_attention_kernel,
     fuse_vision_elementwise,
     growing_cache,
     vision_attention_lookup_is_broken,
-    vision_one_page_at_a_time,
 )
 
 if TYPE_CHECKING:
@@ -86,8 +85,6 @@ class ModelRunner:
         )
         if settings.attn != "eager":
             fuse_vision_elementwise(self.model)
-        if self.attention == CPU_ATTENTION:
-            vision_one_page_at_a_time(self.model)
         self.max_patches = settings.max_patches or self.processor.image_processor.max_patches
         self.eos_token_id = self.processor.tokenizer.eos_token_id
         self._prompts: dict[str, dict] = {}

@@ -129,30 +129,3 @@ def fuse_vision_elementwise(model) -> int:
                 setattr(parent, name, GELUTanh())
                 swapped += 1
     return swapped
-
-
-def vision_one_page_at_a_time(model) -> None:
-    """Run the vision encoder on one page at a time when `generate` hands it a batch (for CPUs).
-
-    Pages do not interact in the vision encoder, and on CPU a batch of 4 pages costs
-    more per page than 4 single pages (measured at 4096 patches, bf16: 11.7-12.1 s
-    against 10.4-10.7 s per page): a page's activations fit the caches better. Calls
-    that ask for hidden states or attention weights run as one batch, unchanged.
-    """
-    import torch
-    from transformers.modeling_outputs import BaseModelOutput
-
-    vision = model.vision_model
-    batched_forward = vision.forward
-
-    def forward(flattened_patches=None, attention_mask=None, **kwargs):
-        wants_more = kwargs.get("output_hidden_states") or kwargs.get("output_attentions")
-        if flattened_patches is None or flattened_patches.shape[0] == 1 or wants_more:
-            return batched_forward(flattened_patches=flattened_patches, attention_mask=attention_mask, **kwargs)
-        pages = []
-        for index in range(flattened_patches.shape[0]):
-            mask = None if attention_mask is None else attention_mask[index : index + 1]
-            pages.append(batched_forward(flattened_patches=flattened_patches[index : index + 1], attention_mask=mask, **kwargs))
-        return BaseModelOutput(last_hidden_state=torch.cat([page.last_hidden_state for page in pages]))
-
-    vision.forward = forward
