@@ -193,8 +193,9 @@ def auto_batch_size(runner: ModelRunner) -> int:
 
     Per page: the decoder's key/value cache for prompt + max_new_tokens, plus, with
     eager vision attention, its attention scores for one layer (its largest transient).
-    Capped at 4 on CPU, where 4 pages per step already use both cores well (measured:
-    64 ms per token per page at batch 4 vs 169 ms at batch 1), and at 16 on GPUs.
+    Capped at 4 on CPU, where a decoding step is bound by reading the weights and the
+    cache from memory (measured, full-size model, bf16, 2 cores: 98 ms per token at batch
+    1, 33 ms per token per page at batch 4, 32 at batch 8), and at 16 on GPUs.
     """
     import torch
 
