@@ -46,7 +46,13 @@ Model = Annotated[
 Revision = Annotated[Optional[str], typer.Option(help="Model revision (branch, tag or commit) on the hub.")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps. auto: cuda, then mps, then cpu.")]
 Dtype = Annotated[str, typer.Option(help=f"{', '.join(DTYPES)}. auto: bfloat16 on CUDA and on CPUs with bf16 instructions, else float32.")]
-Attn = Annotated[str, typer.Option(help=f"Attention kernel: {', '.join(ATTENTION_KINDS)}.")]
+Attn = Annotated[
+    str,
+    typer.Option(
+        help=f"Attention kernel: {', '.join(ATTENTION_KINDS)}. On CPU, sdpa uses kosmos25's faster kernels; "
+        "eager runs transformers' own code unchanged, without kosmos25's speed-ups."
+    ),
+]
 BatchSize = Annotated[
     Optional[int], typer.Option(min=1, help="Pages per generate call. Default: chosen from free memory.")
 ]
