@@ -41,6 +41,8 @@ class PhaseTimes:
     decode: float = 0.0
     decode_steps: int = 0
     first_logits: list = field(default_factory=list)
+    # Per generate call, per step: the gap between each row's two largest logits (how near a tie).
+    top2_gaps: list = field(default_factory=list)
 
 
 class PhaseTimer:
@@ -49,6 +51,7 @@ class PhaseTimer:
     def __init__(self, model, device: str) -> None:
         self.times = PhaseTimes()
         self.device = device
+        self.eos_token_id = model.config.text_config.eos_token_id
         self._start = 0.0
         self._prefill = False
         self.handles = [
@@ -80,6 +83,12 @@ class PhaseTimer:
     def _end_text(self, module, args, output):
         self._sync()
         elapsed = time.perf_counter() - self._start
+        logits = output.logits[:, -1].float().clone()  # never change the model's own logits
+        logits[:, self.eos_token_id] = float("-inf")  # suppressed by min_new_tokens
+        top2 = logits.topk(2, dim=-1).values
+        if self._prefill:
+            self.times.top2_gaps.append([])
+        self.times.top2_gaps[-1].append((top2[:, 0] - top2[:, 1]).cpu())
         if self._prefill:
             self.times.prefill += elapsed
             self.times.first_logits.extend(output.logits[:, -1].float().cpu())
@@ -323,6 +332,11 @@ def main() -> None:
         ref_logits = torch.stack(reference["times"].first_logits)
         our_logits = torch.stack(ours["times"].first_logits)
         print(f"greedy tokens equal to the reference: {agree}/{total}; first divergence per page: {first}")
+        # The reference runs one page per generate call, so call p is page p.
+        gaps = [f"{reference['times'].top2_gaps[page][step][0].item():.4f}"
+                for page, step in enumerate(first) if step < len(reference["tokens"][page])]  # fmt: skip
+        if gaps:
+            print(f"reference's gap between its top two logits where a page parts: {', '.join(gaps)}")
         print(f"largest difference of first-step logits: {(ref_logits - our_logits).abs().max().item():.4f} "
               f"(logit scale: max |logit| {ref_logits.abs().max().item():.2f})")  # fmt: skip
 
