@@ -40,8 +40,6 @@ def register_cpu_attention() -> str:
 
 def cpu_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
     """transformers' attention-function signature; returns (output [batch, tokens, heads, dim], None)."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     unusual = (
         dropout
         or getattr(module, "num_key_value_groups", 1) != 1
@@ -57,6 +55,8 @@ def cpu_attention(module, query, key, value, attention_mask, dropout=0.0, scalin
     if not unusual and query.shape[2] > 1:
         causal = attention_mask is None and (is_causal if is_causal is not None else getattr(module, "is_causal", True))
         return blocked_attention(query, key, value, attention_mask, scale, causal), None
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
     return sdpa_attention_forward(
         module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
     )
@@ -83,11 +83,7 @@ def decode_step_attention(query, whole_keys, whole_values, length: int, attentio
     scores.mul_(scale)
     scores[..., length:] = float("-inf")  # unused capacity
     if attention_mask is not None:
-        mask = attention_mask[..., :length]
-        if mask.dtype == torch.bool:
-            scores[..., :length].masked_fill_(~mask, float("-inf"))
-        else:
-            scores[..., :length].add_(mask)
+        _apply_mask(scores[..., :length], attention_mask[..., :length])
     probs = scores.softmax(dim=-1).to(whole_values.dtype)
     return torch.matmul(probs, whole_values).transpose(1, 2).contiguous()
 
@@ -138,6 +134,7 @@ def blocked_attention(query, key, value, attention_mask, scale: float, causal: b
 
 
 def _apply_mask(scores, mask) -> None:
+    """Add an additive mask to `scores` in place, or give a boolean mask's False places no weight."""
     import torch
 
     if mask.dtype == torch.bool:

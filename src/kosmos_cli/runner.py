@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .cpu_attention import register_cpu_attention
 from .errors import GenerationFailed, UsageError
 from .loading import ATTENTION_KINDS, DEFAULT_MODEL, load_model, resolve_device, resolve_dtype
 from .repetition import find_loop, trim_loop
-from .cpu_attention import register_cpu_attention
 from .speedups import (
     enable_vision_attention_kernel,
     fuse_vision_elementwise,
@@ -205,7 +205,8 @@ def auto_batch_size(runner: ModelRunner) -> int:
     element = torch.finfo(runner.dtype).bits // 8
     tokens = 4 + config.latent_query_num + runner.settings.max_new_tokens
     kv_cache = 2 * text.layers * text.embed_dim * tokens * element
-    fused = runner.fast_vision_attention
-    attention_scores = 0 if fused else vision.num_attention_heads * runner.max_patches**2 * (element + 4)
+    attention_scores = (
+        0 if runner.fast_vision_attention else vision.num_attention_heads * runner.max_patches**2 * (element + 4)
+    )
     budget = _available_memory_bytes(runner.device) // 2
     return max(1, min(limit, budget // (kv_cache + attention_scores)))

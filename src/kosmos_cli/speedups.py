@@ -1,10 +1,11 @@
 """Work-arounds for upstream slow paths in transformers' KOSMOS-2.5 code.
 
-The vision attention lookup (transformers 5.23): KOSMOS-2.5's vision self-attention picks its kernel with
-`getattr(ALL_ATTENTION_FUNCTIONS, name, eager_attention_forward)`. The registry is a
-mapping, not an object with attributes, so that lookup always falls back to eager
-attention, whatever `attn_implementation` says (the text decoder uses `get_interface`
-and is fine). At 4096 patches eager attention is most of a page's prefill on CPU.
+The vision attention lookup (transformers 5.23): KOSMOS-2.5's vision self-attention
+picks its kernel with `getattr(ALL_ATTENTION_FUNCTIONS, name, eager_attention_forward)`.
+The registry is a mapping, not an object with attributes, so that lookup always falls
+back to eager attention, whatever `attn_implementation` says (the text decoder uses
+`get_interface` and is fine). At 4096 patches eager attention is most of a page's
+prefill on CPU.
 Giving the registry an attribute of the requested name makes the existing lookup
 find the same function the decoder gets. The fix switches itself off once upstream
 looks kernels up correctly.
