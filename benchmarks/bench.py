@@ -206,12 +206,12 @@ def run_reference(checkpoint: Path, pages, args) -> dict:
 
 def run_kosmos25(checkpoint: Path, page_files: list[Path], out_dir: Path, args) -> dict:
     """kosmos25's real pipeline with its defaults for the device (batch size unless given)."""
-    from kosmos_cli.app import Job
-    from kosmos_cli.inputs import PageOptions, collect_documents
-    from kosmos_cli.pipeline import Pipeline, RunRequest
-    from kosmos_cli.progress import PlainReporter
-    from kosmos_cli.runner import ModelRunner, RunnerSettings, auto_batch_size
-    from kosmos_cli.writers import DirectorySink
+    from kosmos_cli.run.app import Job
+    from kosmos_cli.inputs.documents import PageOptions, collect_documents
+    from kosmos_cli.run.pipeline import Pipeline, RunRequest
+    from kosmos_cli.run.progress import PlainReporter
+    from kosmos_cli.model.runner import ModelRunner, RunnerSettings, auto_batch_size
+    from kosmos_cli.outputs.writers import DirectorySink
 
     settings = RunnerSettings(
         model=str(checkpoint),

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from kosmos_cli.background import BackgroundWriter, read_ahead
+from kosmos_cli.run.background import BackgroundWriter, read_ahead
 from kosmos_cli.errors import OutputFailed
 
 

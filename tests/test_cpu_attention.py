@@ -7,9 +7,9 @@ import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from kosmos_cli import cpu_attention
-from kosmos_cli.cpu_attention import _kept_keys, _whole_buffer, register_cpu_attention
-from kosmos_cli.speedups import growing_cache
+from kosmos_cli.model import cpu_attention
+from kosmos_cli.model.cpu_attention import _kept_keys, _whole_buffer, register_cpu_attention
+from kosmos_cli.model.speedups import growing_cache
 
 MIN = torch.finfo(torch.float32).min
 

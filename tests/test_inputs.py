@@ -18,7 +18,7 @@ from kosmos_cli.errors import (
     UnsupportedInput,
     UsageError,
 )
-from kosmos_cli.inputs import PageOptions, collect_documents, iter_pages, parse_page_selection, to_rgb
+from kosmos_cli.inputs.documents import PageOptions, collect_documents, iter_pages, parse_page_selection, to_rgb
 
 
 def _pages(path, **options):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from kosmos_cli.errors import ModelUnavailable, UsageError
-from kosmos_cli.loading import resolve_device, resolve_dtype
-from kosmos_cli.runner import ModelRunner, RunnerSettings
+from kosmos_cli.model.loading import resolve_device, resolve_dtype
+from kosmos_cli.model.runner import ModelRunner, RunnerSettings
 
 pytestmark = pytest.mark.model
 

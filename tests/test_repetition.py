@@ -1,6 +1,6 @@
 """Loop detection on token sequences, including shapes of real OCR output."""
 
-from kosmos_cli.repetition import find_loop, required_repeats, trim_loop
+from kosmos_cli.model.repetition import find_loop, required_repeats, trim_loop
 
 
 def test_single_token_loop_needs_a_long_run():

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 import tiny_checkpoint
-from kosmos_cli.runner import ModelRunner, RunnerSettings, auto_batch_size, finish_row
+from kosmos_cli.model.runner import ModelRunner, RunnerSettings, auto_batch_size, finish_row
 
 pytestmark = pytest.mark.model
 
@@ -65,11 +65,11 @@ def test_auto_batch_size_is_bounded(trained_model):
 def test_looping_generation_stopped_early_and_flagged(random_model, monkeypatch):
     # This random checkpoint starts with 12 copies of one coordinate token and drifts on
     # with runs of up to ~40; with the loop threshold lowered to 8 copies its first run is a loop.
-    import kosmos_cli.repetition
+    import kosmos_cli.model.repetition
 
     runner = ModelRunner(RunnerSettings(model=str(random_model), dtype="float32", max_new_tokens=200))
     assert runner.generate(_images()[:1], "ocr")[0].truncated  # default threshold: runs on to the limit
-    monkeypatch.setattr(kosmos_cli.repetition, "MIN_SPAN", 8)
+    monkeypatch.setattr(kosmos_cli.model.repetition, "MIN_SPAN", 8)
     output = runner.generate(_images()[:1], "ocr")[0]
     assert output.looping and not output.truncated
     assert output.text.count("<") == 1  # one token repeated; the repeats cut to one copy

@@ -7,8 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from kosmos_cli.runner import ModelRunner, RunnerSettings
-from kosmos_cli.speedups import lookup_is_broken
+from kosmos_cli.model.compat import cache_keyword
+from kosmos_cli.model.runner import ModelRunner, RunnerSettings
+from kosmos_cli.model.speedups import lookup_is_broken
 
 pytestmark = pytest.mark.model
 
@@ -37,7 +38,7 @@ def _vision_run(runner, monkeypatch):
     """Run only the vision encoder and count which attention kernels it calls."""
     from transformers.models.kosmos2_5 import modeling_kosmos2_5
 
-    from kosmos_cli import cpu_attention
+    from kosmos_cli.model import cpu_attention
 
     calls = {"eager": 0, "sdpa": 0, "kosmos25_cpu": 0}
     for module, name, key in (
@@ -88,7 +89,7 @@ def test_vision_elementwise_steps_are_fused_and_equal(random_model):
     from transformers.activations import GELUTanh, NewGELUActivation
     from transformers.models.kosmos2_5 import modeling_kosmos2_5
 
-    from kosmos_cli.speedups import fuse_vision_elementwise
+    from kosmos_cli.model.speedups import fuse_vision_elementwise
 
     runner = ModelRunner(RunnerSettings(model=str(random_model), dtype="float32", attn="eager"))
     vision = runner.model.vision_model
@@ -119,7 +120,7 @@ def test_greedy_tokens_identical_with_and_without_the_speedups(trained_model, ra
 
 
 def test_growing_cache_gives_the_same_tokens_as_dynamic_cache(random_model):
-    from kosmos_cli.speedups import growing_cache
+    from kosmos_cli.model.speedups import growing_cache
 
     runner = ModelRunner(RunnerSettings(model=str(random_model), dtype="float32"))
     pages = [runner.prepare(image) for image in _images()]
@@ -129,6 +130,6 @@ def test_growing_cache_gives_the_same_tokens_as_dynamic_cache(random_model):
     with torch.no_grad():
         dynamic = runner.model.generate(**inputs, **settings)
         cache = growing_cache(step=4)  # small step: the buffer grows several times
-        growing = runner.model.generate(**inputs, **settings, past_key_values=cache)
+        growing = runner.model.generate(**inputs, **settings, **{cache_keyword(): cache})
     assert torch.equal(dynamic, growing)
     assert cache.get_seq_length() == dynamic.shape[1] - 1  # the last token is never fed back

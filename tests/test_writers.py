@@ -7,10 +7,10 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from kosmos_cli.errors import OutputFailed
-from kosmos_cli.inputs import Document
+from kosmos_cli.inputs.documents import Document
 from kosmos_cli.parsing import parse_ocr
 from kosmos_cli.results import BBox, DocumentResult, Line, PageResult
-from kosmos_cli.writers import DirectorySink, StdoutSink, to_json, to_markdown, to_tsv, to_txt, write_atomic
+from kosmos_cli.outputs.writers import DirectorySink, StdoutSink, to_json, to_markdown, to_tsv, to_txt, write_atomic
 from test_parsing import RECEIPT_OCR
 
 

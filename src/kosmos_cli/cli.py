@@ -14,10 +14,10 @@ import typer
 
 from . import __version__
 from .errors import ExitCode, KosmosError, UsageError
-from .inputs import DEFAULT_MAX_PIXELS, PageOptions, parse_page_selection
-from .loading import ATTENTION_KINDS, DTYPES, default_model
-from .runner import RunnerSettings
-from .writers import MD_FORMATS, OCR_FORMATS
+from .inputs.documents import DEFAULT_MAX_PIXELS, PageOptions, parse_page_selection
+from .model.loading import ATTENTION_KINDS, DTYPES, default_model
+from .model.runner import RunnerSettings
+from .outputs.writers import MD_FORMATS, OCR_FORMATS
 
 app = typer.Typer(
     add_completion=False,
@@ -153,8 +153,8 @@ def _raise_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
 
 
 def _run(task: str, formats: tuple[str, ...], options: dict) -> None:
-    from .app import Job, execute
-    from .progress import format_summary, make_reporter
+    from .run.app import Job, execute
+    from .run.progress import format_summary, make_reporter
 
     reporter = make_reporter(quiet=options["quiet"], max_new_tokens=options["max_new_tokens"])
     signal.signal(signal.SIGTERM, _raise_interrupt)

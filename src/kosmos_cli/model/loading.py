@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .errors import ModelUnavailable, UsageError
+from ..errors import ModelUnavailable, UsageError
 
 DEFAULT_MODEL = "microsoft/kosmos-2.5"
 MODEL_ENV_VAR = "KOSMOS25_MODEL"

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .compat import cache_keyword
 from .cpu_attention import register_cpu_attention
-from .errors import GenerationFailed, UsageError
+from ..errors import GenerationFailed, UsageError
 from .loading import ATTENTION_KINDS, DEFAULT_MODEL, load_model, resolve_device, resolve_dtype
 from .repetition import find_loop, trim_loop
 from .speedups import (
@@ -130,7 +131,7 @@ class ModelRunner:
                     min_new_tokens=self.settings.min_new_tokens,
                     do_sample=False,
                     num_beams=1,
-                    past_key_values=growing_cache(),
+                    **{cache_keyword(): growing_cache()},
                     stopping_criteria=[_stop_on_loop(prompt_length)] if self.settings.stop_on_loops else None,
                 )
         except (RuntimeError, torch.OutOfMemoryError) as exc:

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .background import BackgroundWriter, read_ahead
-from .errors import ExitCode, GenerationFailed, InputError
-from .inputs import Document, Page, PageOptions, iter_pages
-from .parsing import clean_markdown, parse_ocr
-from .results import DocumentResult, PageResult
-from .runner import RawOutput
+from ..errors import ExitCode, GenerationFailed, InputError
+from ..inputs.documents import Document, Page, PageOptions, iter_pages
+from ..parsing import clean_markdown, parse_ocr
+from ..results import DocumentResult, PageResult
+from ..model.runner import RawOutput
 
 
 class Sink(Protocol):

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
-from .errors import KosmosError
+from ..errors import KosmosError
 
 Item = TypeVar("Item")
 _DONE = object()

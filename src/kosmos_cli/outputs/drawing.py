@@ -6,8 +6,8 @@ import io
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .inputs import Document, Page
-from .results import PageResult
+from ..inputs.documents import Document, Page
+from ..results import PageResult
 from .writers import write_atomic_bytes
 
 if TYPE_CHECKING:

@@ -14,9 +14,9 @@ import tempfile
 from pathlib import Path
 from typing import TextIO
 
-from .errors import OutputFailed
-from .inputs import Document
-from .results import DocumentResult
+from ..errors import OutputFailed
+from ..inputs.documents import Document
+from ..results import DocumentResult
 
 OCR_FORMATS = ("json", "tsv", "txt")
 MD_FORMATS = ("md", "json")

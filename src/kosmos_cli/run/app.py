@@ -9,13 +9,13 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .drawing import PageDrawer
-from .errors import UsageError
-from .inputs import PageOptions, collect_documents
+from ..outputs.drawing import PageDrawer
+from ..errors import UsageError
+from ..inputs.documents import PageOptions, collect_documents
 from .pipeline import Pipeline, RunRequest, RunSummary
 from .progress import PlainReporter
-from .runner import ModelRunner, RunnerSettings, auto_batch_size
-from .writers import DirectorySink, StdoutSink, check_folder_writable
+from ..model.runner import ModelRunner, RunnerSettings, auto_batch_size
+from ..outputs.writers import DirectorySink, StdoutSink, check_folder_writable
 
 
 @dataclass(frozen=True)

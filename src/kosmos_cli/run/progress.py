@@ -9,11 +9,11 @@ import sys
 import time
 from typing import TextIO
 
-from .errors import InputError
-from .inputs import Document
+from ..errors import InputError
+from ..inputs.documents import Document
 from .pipeline import RunSummary
-from .results import DocumentResult
-from .runner import RawOutput
+from ..results import DocumentResult
+from ..model.runner import RawOutput
 
 PREFIX = "kosmos25"
 

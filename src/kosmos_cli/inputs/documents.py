@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from .errors import (
+from ..errors import (
     CorruptInput,
     ImageTooLarge,
     InputError,
