@@ -21,13 +21,21 @@ class BBox:
 
 @dataclass(frozen=True)
 class Line:
-    """One text line; `bbox` is None when the model's box was malformed or degenerate."""
+    """One text line; `bbox` is None when the model's box was malformed or degenerate.
+
+    `confidence` (0..1) is the geometric mean of the probabilities of the tokens the
+    model chose for this line, box tokens included; None when it was not recorded.
+    """
 
     text: str
     bbox: BBox | None
+    confidence: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"text": self.text, "bbox": self.bbox.to_list() if self.bbox else None}
+        out: dict[str, Any] = {"text": self.text, "bbox": self.bbox.to_list() if self.bbox else None}
+        if self.confidence is not None:
+            out["confidence"] = round(self.confidence, 4)
+        return out
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,8 @@ class PageResult:
 
     `truncated`: generation reached --max-new-tokens. `looping`: generation started
     repeating itself and was stopped; the repeats were cut, one copy kept.
+    `confidence`: geometric mean of the chosen tokens' probabilities over the page
+    (set for md pages; OCR pages carry it per line).
     """
 
     page: int
@@ -46,6 +56,7 @@ class PageResult:
     looping: bool = False
     lines: tuple[Line, ...] = ()
     markdown: str | None = None
+    confidence: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -58,6 +69,8 @@ class PageResult:
         }
         if self.markdown is not None:
             out["markdown"] = self.markdown
+            if self.confidence is not None:
+                out["confidence"] = round(self.confidence, 4)
         else:
             out["lines"] = [line.to_dict() for line in self.lines]
         return out
