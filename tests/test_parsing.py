@@ -103,3 +103,17 @@ def test_markdown_kept_as_is_without_prompt():
 def test_markdown_with_html_table_is_untouched():
     raw = "<table><tr><td>Total</td><td>50,000</td></tr></table>\n"
     assert clean_markdown(raw) == raw.rstrip("\n")
+
+
+def test_confidences_follow_their_box_segments():
+    # One value per part starting at <bbox>, plus the (empty) part before the first box.
+    confidences = [None] + [i / 100 for i in range(1, 15)]
+    lines = parse_ocr(RECEIPT_OCR, (864, 1216), (864, 1216), confidences)
+    assert [line.confidence for line in lines] == confidences[1:]
+    assert lines[1].to_dict() == {"text": "[REG] BLACK SAKURA", "bbox": [79, 573, 464, 611], "confidence": 0.02}
+
+
+def test_confidences_that_do_not_line_up_are_dropped_not_shifted():
+    lines = parse_ocr(RECEIPT_OCR, (864, 1216), (864, 1216), [0.5] * 3)
+    assert all(line.confidence is None for line in lines)
+    assert "confidence" not in lines[0].to_dict()

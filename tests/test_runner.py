@@ -35,7 +35,11 @@ def test_batching_does_not_change_greedy_tokens(random_model):
     images = _images()
     batched = runner.generate(images, "ocr")
     alone = [runner.generate([image], "ocr")[0] for image in images]
-    assert batched == alone
+
+    def tokens_and_flags(output):
+        return output.text, output.resized_width, output.resized_height, output.truncated, output.looping
+
+    assert list(map(tokens_and_flags, batched)) == list(map(tokens_and_flags, alone))
 
 
 def test_batched_logits_match_single_page_logits(random_model):
@@ -83,3 +87,49 @@ def test_finish_row_cuts_batch_padding_after_eos():
     looped = [9] + [4] * 100
     assert finish_row(looped, eos) == ([9, 4], False, True)
     assert finish_row(looped, eos, detect_loops=False) == (looped, True, False)
+
+
+def test_confidences_do_not_depend_on_batching(random_model):
+    runner = ModelRunner(RunnerSettings(model=str(random_model), dtype="float32", max_new_tokens=24))
+    images = _images()
+    batched = runner.generate(images, "ocr")
+    alone = [runner.generate([image], "ocr")[0] for image in images]
+    for one, other in zip(batched, alone):
+        assert one.confidence is not None and 0 < one.confidence <= 1
+        assert one.confidence == pytest.approx(other.confidence, rel=1e-5)
+        assert len(one.segment_confidences) == len(other.segment_confidences) == one.text.count("<bbox>") + 1
+        assert one.segment_confidences == pytest.approx(other.segment_confidences, rel=1e-5)
+
+
+def test_confidence_is_the_chosen_tokens_probability(trained_model):
+    import math
+
+    import torch
+
+    runner = ModelRunner(RunnerSettings(model=str(trained_model), dtype="float32", max_new_tokens=200))
+    image = _images()[0]
+    output = runner.generate([image], "ocr")[0]
+    # Reference: generate's own scores for the same greedy run.
+    inputs = runner.processor(text=["<ocr>"], images=[image], max_patches=runner.max_patches, return_tensors="pt")
+    inputs.pop("width"), inputs.pop("height")
+    with torch.no_grad():
+        result = runner.model.generate(**inputs, max_new_tokens=200, do_sample=False, output_scores=True,
+                                       return_dict_in_generate=True)  # fmt: skip
+    chosen = [torch.log_softmax(step[0], -1).max().item() for step in result.scores]
+    assert output.confidence == pytest.approx(math.exp(sum(chosen) / len(chosen)), rel=1e-5)
+    # The trained checkpoint is sure of its answer.
+    assert all(c > 0.9 for c in output.segment_confidences[1:])
+
+
+def test_segment_confidences_split_at_box_tokens_and_skip_eos():
+    import math
+
+    from kosmos_cli.model.runner import segment_confidences
+
+    box, eos = 7, 2
+    tokens = [box, 11, 12, box, 13, eos]
+    logprobs = [math.log(0.5), math.log(0.5), math.log(0.5), math.log(0.9), math.log(0.1), math.log(0.01)]
+    parts = segment_confidences(tokens, logprobs, box, eos)
+    assert parts[0] is None  # nothing before the first box
+    assert parts[1] == pytest.approx(0.5)
+    assert parts[2] == pytest.approx(math.sqrt(0.9 * 0.1))  # the end token belongs to no line

@@ -8,6 +8,7 @@ with coordinates in pixels of the image the processor resized (its `width`/`heig
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from .results import BBox, Line
 
@@ -44,21 +45,31 @@ def scale_box(
     return box
 
 
-def parse_ocr(raw: str, resized_size: tuple[int, int], page_size: tuple[int, int]) -> tuple[Line, ...]:
+def parse_ocr(
+    raw: str,
+    resized_size: tuple[int, int],
+    page_size: tuple[int, int],
+    segment_confidences: Sequence[float | None] = (),
+) -> tuple[Line, ...]:
     """Parse `<ocr>` output into lines with boxes in original page pixels.
 
     `resized_size` is the processor's (width, height) for this page, `page_size` the
     original (width, height). Text is never dropped: a line whose box is malformed,
-    degenerate or missing keeps its text with `bbox=None`.
+    degenerate or missing keeps its text with `bbox=None`. `segment_confidences`, if
+    given, has one value per part of `raw` that starts at `<bbox>` (plus one for the
+    text before the first); lines get their part's value. Counts that do not match
+    leave every confidence None rather than give a line another line's value.
     """
+    segments = _LINE_START.split(_TASK_PREFIX.sub("", raw))
+    confidences = list(segment_confidences) if len(segment_confidences) == len(segments) else [None] * len(segments)
     lines: list[Line] = []
-    for segment in _LINE_START.split(_TASK_PREFIX.sub("", raw)):
+    for segment, confidence in zip(segments, confidences):
         match = _BOX.match(segment)
         bbox = scale_box(tuple(int(g) for g in match.groups()), resized_size, page_size) if match else None
         rest = segment[match.end() :] if match else segment
         pieces = [_LAYOUT_TOKEN.sub("", piece).strip() for piece in rest.split("\n")]
         for piece in filter(None, pieces):
-            lines.append(Line(piece, bbox))
+            lines.append(Line(piece, bbox, confidence))
             bbox = None  # text after a newline inside one segment has no box of its own
     return tuple(lines)
 

@@ -7,6 +7,7 @@ the model works); `generate_prepared` reads a batch of prepared pages in one gre
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
 TASK_PROMPTS = {"ocr": "<ocr>", "md": "<md>"}
+BOX_TOKEN = "<bbox>"
 
 
 @dataclass(frozen=True)
@@ -56,13 +58,21 @@ class PreparedPage:
 
 @dataclass(frozen=True)
 class RawOutput:
-    """The model's text for one page and the size of the image it actually saw."""
+    """The model's text for one page and the size of the image it actually saw.
+
+    `segment_confidences`: one per part of the output that starts at a `<bbox>` token
+    (the first part is what precedes the first box, usually nothing), as parsing splits
+    the text; `confidence`: the whole page's. Both are geometric means of the chosen
+    tokens' probabilities, None where there were no tokens.
+    """
 
     text: str
     resized_width: int
     resized_height: int
     truncated: bool
     looping: bool = False
+    segment_confidences: tuple[float | None, ...] = ()
+    confidence: float | None = None
 
 
 class ModelRunner:
@@ -88,6 +98,7 @@ class ModelRunner:
             fuse_vision_elementwise(self.model)
         self.max_patches = settings.max_patches or self.processor.image_processor.max_patches
         self.eos_token_id = self.processor.tokenizer.eos_token_id
+        self.box_token_id = self.processor.tokenizer.convert_tokens_to_ids(BOX_TOKEN)
         self._prompts: dict[str, dict] = {}
 
     def prepare(self, image: Image.Image) -> PreparedPage:
@@ -123,6 +134,7 @@ class ModelRunner:
         patches = torch.stack([page.flattened_patches for page in pages])
         inputs["flattened_patches"] = patches.to(self.device, self.dtype)
         prompt_length = inputs["input_ids"].shape[1]
+        recorder = _chosen_token_logprobs()
         try:
             with torch.inference_mode():
                 generated = self.model.generate(
@@ -133,16 +145,49 @@ class ModelRunner:
                     num_beams=1,
                     **{cache_keyword(): growing_cache()},
                     stopping_criteria=[_stop_on_loop(prompt_length)] if self.settings.stop_on_loops else None,
+                    logits_processor=[recorder],
                 )
         except (RuntimeError, torch.OutOfMemoryError) as exc:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise GenerationFailed(f"model failed: {first_line}") from exc
+        step_logprobs = torch.stack(recorder.steps, dim=1).tolist()
         outputs = []
-        for row, page in zip(generated[:, prompt_length:].tolist(), pages):
+        for row, logprobs, page in zip(generated[:, prompt_length:].tolist(), step_logprobs, pages):
             tokens, truncated, looping = finish_row(row, self.eos_token_id, self.settings.stop_on_loops)
-            text = self.processor.decode(tokens, skip_special_tokens=True)
-            outputs.append(RawOutput(text, page.resized_width, page.resized_height, truncated, looping))
+            outputs.append(self.raw_output(page, tokens, logprobs[: len(tokens)], truncated, looping))
         return outputs
+
+    def raw_output(
+        self, page: PreparedPage, tokens: list[int], logprobs: list[float], truncated: bool, looping: bool
+    ) -> RawOutput:
+        """One page's finished tokens (and their log-probabilities) -> its RawOutput."""
+        text = self.processor.decode(tokens, skip_special_tokens=True)
+        segments = segment_confidences(tokens, logprobs, self.box_token_id, self.eos_token_id)
+        return RawOutput(
+            text, page.resized_width, page.resized_height, truncated, looping, segments, mean_probability(logprobs)
+        )
+
+
+def mean_probability(logprobs: list[float]) -> float | None:
+    """Geometric mean of the probabilities whose logarithms are given; None for none."""
+    return math.exp(sum(logprobs) / len(logprobs)) if logprobs else None
+
+
+def segment_confidences(
+    tokens: list[int], logprobs: list[float], box_token_id: int, eos_token_id: int
+) -> tuple[float | None, ...]:
+    """Confidence of each part of the output that starts at a `<bbox>` token.
+
+    The first part holds the tokens before the first box (usually none). The end
+    token belongs to no line. Parsing splits the decoded text at the same places.
+    """
+    parts: list[list[float]] = [[]]
+    for token, logprob in zip(tokens, logprobs):
+        if token == box_token_id:
+            parts.append([])
+        if token != eos_token_id:
+            parts[-1].append(logprob)
+    return tuple(mean_probability(part) for part in parts)
 
 
 def finish_row(row: list[int], eos_token_id: int, detect_loops: bool = True) -> tuple[list[int], bool, bool]:
@@ -156,6 +201,26 @@ def finish_row(row: list[int], eos_token_id: int, detect_loops: bool = True) -> 
         return row[: row.index(eos_token_id) + 1], False, False
     tokens, looping = trim_loop(row) if detect_loops else (row, False)
     return tokens, not looping, looping
+
+
+def _chosen_token_logprobs():
+    """A logits processor that records, per step, the log-probability of the greedy choice.
+
+    Added last, it sees the scores greedy search takes the maximum of; it keeps one
+    number per row and step, never the whole vocabulary.
+    """
+    import torch
+    from transformers import LogitsProcessor
+
+    class ChosenTokenLogprobs(LogitsProcessor):
+        def __init__(self) -> None:
+            self.steps: list = []
+
+        def __call__(self, input_ids, scores):
+            self.steps.append(torch.log_softmax(scores.float(), dim=-1).amax(dim=-1))
+            return scores
+
+    return ChosenTokenLogprobs()
 
 
 def _stop_on_loop(prompt_length: int, every: int = 8):

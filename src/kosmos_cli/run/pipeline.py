@@ -199,8 +199,9 @@ class Pipeline:
         common = dict(page=page.number, width=width, height=height, dpi=page.dpi, truncated=raw.truncated,
                       looping=raw.looping)  # fmt: skip
         if self.request.task == "md":
-            return PageResult(**common, markdown=clean_markdown(raw.text))
-        return PageResult(**common, lines=parse_ocr(raw.text, (raw.resized_width, raw.resized_height), (width, height)))
+            return PageResult(**common, markdown=clean_markdown(raw.text), confidence=raw.confidence)
+        resized = (raw.resized_width, raw.resized_height)
+        return PageResult(**common, lines=parse_ocr(raw.text, resized, (width, height), raw.segment_confidences))
 
     def _fail(self, state: _DocState, error: InputError) -> None:
         if state.error is None:
