@@ -206,12 +206,12 @@ def run_reference(checkpoint: Path, pages, args) -> dict:
 
 def run_kosmos25(checkpoint: Path, page_files: list[Path], out_dir: Path, args) -> dict:
     """kosmos25's real pipeline with its defaults for the device (batch size unless given)."""
-    from kosmos_cli.run.app import Job
     from kosmos_cli.inputs.documents import PageOptions, collect_documents
     from kosmos_cli.run.pipeline import Pipeline, RunRequest
     from kosmos_cli.run.progress import PlainReporter
     from kosmos_cli.model.runner import ModelRunner, RunnerSettings, auto_batch_size
-    from kosmos_cli.outputs.writers import DirectorySink
+    from kosmos_cli.outputs.files import DirectorySink
+    from kosmos_cli.outputs.formats import FORMATS, RenderOptions
 
     settings = RunnerSettings(
         model=str(checkpoint),
@@ -238,10 +238,9 @@ def run_kosmos25(checkpoint: Path, page_files: list[Path], out_dir: Path, args) 
             return generated
 
         runner.model.generate = recording_generate
-        job = Job(task="ocr", paths=tuple(map(str, page_files)), fmt="json", output_dir=out_dir)
-        documents, _ = collect_documents(job.paths)
+        documents, _ = collect_documents(tuple(map(str, page_files)))
         request = RunRequest("ocr", settings.model, PageOptions(), batch_size)
-        sink = DirectorySink(out_dir, "json")
+        sink = DirectorySink(out_dir, FORMATS["json"], RenderOptions())
         pipeline = Pipeline(request, runner.prepare, runner.generate_prepared, sink, PlainReporter(quiet=True))
         started = time.perf_counter()
         with PeakMemory() as running:

@@ -47,14 +47,21 @@ def expected_lines(width: int, height: int) -> list[dict]:
     return lines
 
 
+def boxes_and_texts(lines: list[dict]) -> list[dict]:
+    """The lines without their confidences, after checking that the trained model is sure of each."""
+    assert all(0.9 < line["confidence"] <= 1 for line in lines), lines
+    return [{key: value for key, value in line.items() if key != "confidence"} for line in lines]
+
+
 def check_document(doc: dict, source: str, model: Path, task: str = "ocr") -> None:
     assert set(doc) == {"source", "model", "task", "pages"}
     assert doc["source"] == source and doc["model"] == str(model) and doc["task"] == task
     for page in doc["pages"]:
-        assert set(page) == {"page", "width", "height", "dpi", "truncated", "looping", "lines" if task == "ocr" else "markdown"}
+        content = {"lines"} if task == "ocr" else {"markdown", "confidence"}
+        assert set(page) == {"page", "width", "height", "dpi", "truncated", "looping"} | content
         assert page["truncated"] is False and page["looping"] is False
         if task == "ocr":
-            assert page["lines"] == expected_lines(page["width"], page["height"])
+            assert boxes_and_texts(page["lines"]) == expected_lines(page["width"], page["height"])
 
 
 def test_help_and_version_do_not_import_torch():
@@ -73,7 +80,7 @@ def test_ocr_png_json_to_stdout_with_exact_boxes(tmp_path, trained_model):
     doc = json.loads(result.stdout)
     check_document(doc, str(tmp_path / "receipt.png"), trained_model)
     # 400x200 -> resized 352x176: x * 400/352, y * 200/176, clipped to the page; the reversed box is null.
-    assert doc["pages"][0]["lines"] == [
+    assert boxes_and_texts(doc["pages"][0]["lines"]) == [
         {"text": "TOTAL 12.50", "bbox": [18, 9, 200, 45]},
         {"text": "Clipped box", "bbox": [227, 114, 400, 200]},
         {"text": "Degenerate box", "bbox": None},
@@ -129,7 +136,9 @@ def test_tsv_and_txt_formats_and_stdin(tmp_path, trained_model):
     Image.new("RGB", (400, 200), "white").save(image)
     tsv = run_cli("ocr", "-", "--format", "tsv", "--model", str(trained_model), stdin=image.read_bytes())
     assert tsv.returncode == 0, tsv.stderr
-    assert tsv.stdout.splitlines() == [
+    rows = [row.split("\t") for row in tsv.stdout.splitlines()]
+    assert all(0.9 < float(row[6]) <= 1 for row in rows[1:])
+    assert ["\t".join(row[:6] + row[7:]) for row in rows] == [
         "source\tpage\tx0\ty0\tx1\ty1\ttext",
         "-\t1\t18\t9\t200\t45\tTOTAL 12.50",
         "-\t1\t227\t114\t400\t200\tClipped box",
@@ -182,7 +191,7 @@ def test_out_of_range_pages_and_usage_errors(tmp_path, trained_model):
     assert result.returncode == 1 and "a.pdf: --pages asks for page 3 but the document has 2 pages" in result.stderr
     for args, message in [
         (["--pages", "2-1"], "--pages"),
-        (["--format", "md"], "--format md: 'ocr' writes json, tsv, txt"),
+        (["--format", "md"], "'md' is not one of 'json', 'tsv', 'txt', 'pdf', 'hocr', 'alto'"),
         (["--device", "tpu"], "--device tpu"),
     ]:
         bad = run_cli("ocr", str(tmp_path / "a.pdf"), "--model", str(trained_model), *args)

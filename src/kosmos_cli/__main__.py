@@ -1,5 +1,5 @@
 """`python -m kosmos_cli` runs the `kosmos25` command."""
 
-from .cli import app
+from .cli import run
 
-app(prog_name="kosmos25")
+run()

@@ -1,12 +1,17 @@
 """Command line: parses options, calls the library, maps errors to exit codes.
 
-Imports no torch at module level, so `kosmos25 --help` is instant.
+Imports no torch at module level, so `kosmos25 --help` is instant. Every option is
+defined once below and grouped into help panels; `ocr` and `md` share them.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+import warnings
+from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -15,9 +20,11 @@ import typer
 from . import __version__
 from .errors import ExitCode, KosmosError, UsageError
 from .inputs.documents import DEFAULT_MAX_PIXELS, PageOptions, parse_page_selection
-from .model.loading import ATTENTION_KINDS, DTYPES, default_model
+from .model.loading import default_model
 from .model.runner import RunnerSettings
-from .outputs.writers import MD_FORMATS, OCR_FORMATS
+from .outputs.formats import MD_FORMATS, OCR_FORMATS, RenderOptions
+from .run.app import Job, OutputOptions
+from .run.progress import PREFIX, PlainReporter
 
 app = typer.Typer(
     add_completion=False,
@@ -27,48 +34,93 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+INPUTS, OUTPUT, MODEL, SPEED = "Inputs", "Output", "Model", "Speed"
+
+OcrFormat = Enum("OcrFormat", {name: name for name in OCR_FORMATS}, type=str)
+MdFormat = Enum("MdFormat", {name: name for name in MD_FORMATS}, type=str)
+
+
+class Dtype(str, Enum):
+    auto = "auto"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+    float32 = "float32"
+
+
+class Attn(str, Enum):
+    sdpa = "sdpa"
+    eager = "eager"
+    flash_attention_2 = "flash_attention_2"
+
+
+def _flag(*names: str, help: str, panel: str):  # noqa: A002 - typer's own keyword
+    # An empty metavar: a flag takes no value, so none is shown.
+    return typer.Option(*names, help=help, rich_help_panel=panel, metavar="")
+
+
 Paths = Annotated[
     Optional[list[str]],
-    typer.Argument(help="Images, PDFs or folders (walked recursively); '-' reads one file from stdin.", show_default=False),
+    typer.Argument(metavar="PATH...", show_default=False,
+                   help="Images, PDFs or folders (walked recursively); '-' reads one file from stdin."),  # fmt: skip
+]
+FilesFrom = Annotated[
+    Optional[str],
+    typer.Option("--files-from", metavar="FILE", rich_help_panel=INPUTS,
+                 help="Read input paths from FILE ('-': stdin), one per line."),  # fmt: skip
+]
+NulSeparated = Annotated[bool, _flag("-0", "--null", help="With --files-from: paths are NUL-separated.", panel=INPUTS)]
+Pages = Annotated[
+    Optional[str],
+    typer.Option(metavar="LIST", rich_help_panel=INPUTS, help="Pages to read, 1-based, e.g. 1-3,7. Default: all."),
+]
+Dpi = Annotated[int, typer.Option(min=10, max=2400, metavar="N", rich_help_panel=INPUTS, help="Resolution for rendering PDF pages.")]
+Password = Annotated[Optional[str], typer.Option(metavar="TEXT", rich_help_panel=INPUTS, help="Password for encrypted PDFs.")]
+MaxPixels = Annotated[
+    int, typer.Option(min=1, metavar="N", rich_help_panel=INPUTS, help="Refuse images and rendered pages larger than this.")
 ]
 Output = Annotated[
     Optional[Path],
-    typer.Option("--output", "-o", help="Folder for one output file per input (sub-folders mirrored). Default: stdout."),
+    typer.Option("--output", "-o", metavar="DIR", rich_help_panel=OUTPUT,
+                 help="Folder for one output file per input (sub-folders mirrored). Default: stdout."),  # fmt: skip
 ]
-FilesFrom = Annotated[
-    Optional[str], typer.Option("--files-from", help="Read input paths from FILE ('-': stdin), one per line.")
+ImageDpi = Annotated[
+    int,
+    typer.Option(min=10, max=2400, metavar="N", rich_help_panel=OUTPUT,
+                 help="--format pdf: resolution of images that do not state their own."),  # fmt: skip
 ]
-NulSeparated = Annotated[bool, typer.Option("-0", "--null", help="With --files-from: paths are NUL-separated.")]
+Draw = Annotated[
+    Optional[Path],
+    typer.Option(metavar="DIR", rich_help_panel=OUTPUT, help="Save each page as a PNG with its boxes drawn, in DIR."),
+]
+Overwrite = Annotated[bool, _flag("--overwrite", help="Redo inputs whose output exists (default: skip them).", panel=OUTPUT)]
+Quiet = Annotated[bool, _flag("--quiet", "-q", help="Print errors only.", panel=OUTPUT)]
+Verbose = Annotated[bool, _flag("--verbose", "-v", help="Also print warnings of torch/transformers.", panel=OUTPUT)]
 Model = Annotated[
     Optional[str],
-    typer.Option(help="Hub id or local folder of the model. Default: $KOSMOS25_MODEL or microsoft/kosmos-2.5."),
+    typer.Option(metavar="ID|DIR", rich_help_panel=MODEL,
+                 help="Hub id or local folder. Default: $KOSMOS25_MODEL or microsoft/kosmos-2.5."),  # fmt: skip
 ]
-Revision = Annotated[Optional[str], typer.Option(help="Model revision (branch, tag or commit) on the hub.")]
-Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps. auto: cuda, then mps, then cpu.")]
-Dtype = Annotated[str, typer.Option(help=f"{', '.join(DTYPES)}. auto: bfloat16 on CUDA and on CPUs with bf16 instructions, else float32.")]
-Attn = Annotated[
-    str,
-    typer.Option(
-        help=f"Attention kernel: {', '.join(ATTENTION_KINDS)}. On CPU, sdpa uses kosmos25's faster kernels; "
-        "eager runs transformers' own code unchanged, without kosmos25's speed-ups."
-    ),
+Revision = Annotated[Optional[str], typer.Option(metavar="REV", rich_help_panel=MODEL, help="Hub branch, tag or commit.")]
+Device = Annotated[
+    str, typer.Option(metavar="DEV", rich_help_panel=MODEL, help="auto, cpu, cuda, cuda:N or mps (auto: cuda, mps, cpu).")
+]
+DtypeOption = Annotated[
+    Dtype, typer.Option(rich_help_panel=MODEL, help="auto: bfloat16 on CUDA and on CPUs with bf16 instructions.")
+]
+AttnOption = Annotated[
+    Attn, typer.Option(rich_help_panel=MODEL, help="eager: transformers' own code, without kosmos25's speed-ups.")
 ]
 BatchSize = Annotated[
-    Optional[int], typer.Option(min=1, help="Pages per generate call. Default: chosen from free memory.")
+    Optional[int],
+    typer.Option(min=1, metavar="N", rich_help_panel=SPEED, help="Pages per batch. Default: from free memory."),
 ]
-MaxNewTokens = Annotated[int, typer.Option(min=1, help="Most tokens generated per page; a page reaching it is marked truncated.")]
+MaxNewTokens = Annotated[
+    int, typer.Option(min=1, metavar="N", rich_help_panel=SPEED, help="Most tokens per page; more is marked truncated.")
+]
 MaxPatches = Annotated[
-    Optional[int], typer.Option(min=16, help="Image patches per page (model default 4096): fewer is faster, weaker on small print.")
+    Optional[int],
+    typer.Option(min=16, metavar="N", rich_help_panel=SPEED, help="Image patches per page (default 4096): fewer is faster."),
 ]
-Dpi = Annotated[int, typer.Option(min=10, max=2400, help="Resolution for rendering PDF pages.")]
-Pages = Annotated[Optional[str], typer.Option(help="Pages to read, 1-based, e.g. 1-3,7 (PDFs and multi-page TIFFs).")]
-Password = Annotated[Optional[str], typer.Option(help="Password for encrypted PDFs.")]
-MaxPixels = Annotated[int, typer.Option(min=1, help="Refuse images (and rendered pages) with more pixels than this.")]
-Draw = Annotated[
-    Optional[Path], typer.Option(help="Save each page as a PNG with its OCR boxes and line numbers drawn, in DIR.")
-]
-Overwrite = Annotated[bool, typer.Option(help="Redo inputs whose output file already exists (default: skip them).")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print errors only.")]
 
 
 def _version(value: bool) -> None:
@@ -80,7 +132,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def main(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+        bool, typer.Option("--version", callback=_version, is_eager=True, metavar="", help="Print the version and exit.")
     ] = False,
 ) -> None:
     """Read text-heavy images and PDFs with Microsoft's KOSMOS-2.5."""
@@ -89,54 +141,111 @@ def main(
 @app.command()
 def ocr(
     paths: Paths = None,
-    output: Output = None,
-    format: Annotated[str, typer.Option("--format", "-f", help=f"{', '.join(OCR_FORMATS)}.")] = "json",
     files_from: FilesFrom = None,
     null: NulSeparated = False,
-    model: Model = None,
-    revision: Revision = None,
-    device: Device = "auto",
-    dtype: Dtype = "auto",
-    attn: Attn = "sdpa",
-    batch_size: BatchSize = None,
-    max_new_tokens: MaxNewTokens = 4096,
-    max_patches: MaxPatches = None,
-    dpi: Dpi = 200,
     pages: Pages = None,
+    dpi: Dpi = 200,
     password: Password = None,
     max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+    output: Output = None,
+    format: Annotated[OcrFormat, typer.Option("--format", "-f", rich_help_panel=OUTPUT, help="Output format.")] = "json",
+    image_dpi: ImageDpi = 300,
     draw: Draw = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
+    verbose: Verbose = False,
+    model: Model = None,
+    revision: Revision = None,
+    device: Device = "auto",
+    dtype: DtypeOption = Dtype.auto,
+    attn: AttnOption = Attn.sdpa,
+    batch_size: BatchSize = None,
+    max_new_tokens: MaxNewTokens = 4096,
+    max_patches: MaxPatches = None,
 ) -> None:
     """Every text line with its bounding box, in the original image's pixels."""
-    _run("ocr", OCR_FORMATS, locals())
+    _run(
+        lambda: Job(
+            task="ocr",
+            paths=_input_paths(paths, files_from, null),
+            output=OutputOptions(OcrFormat(format).value, output, draw, overwrite, RenderOptions(image_dpi, password)),
+            batch_size=batch_size,
+            page_options=_page_options(pages, dpi, password, max_pixels),
+            runner=_runner_settings(model, revision, device, dtype, attn, max_new_tokens, max_patches),
+        ),
+        quiet=quiet,
+        verbose=verbose,
+        max_new_tokens=max_new_tokens,
+    )
 
 
 @app.command()
 def md(
     paths: Paths = None,
-    output: Output = None,
-    format: Annotated[str, typer.Option("--format", "-f", help=f"{', '.join(MD_FORMATS)}.")] = "md",
     files_from: FilesFrom = None,
     null: NulSeparated = False,
+    pages: Pages = None,
+    dpi: Dpi = 200,
+    password: Password = None,
+    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+    output: Output = None,
+    format: Annotated[MdFormat, typer.Option("--format", "-f", rich_help_panel=OUTPUT, help="Output format.")] = "md",
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
     model: Model = None,
     revision: Revision = None,
     device: Device = "auto",
-    dtype: Dtype = "auto",
-    attn: Attn = "sdpa",
+    dtype: DtypeOption = Dtype.auto,
+    attn: AttnOption = Attn.sdpa,
     batch_size: BatchSize = None,
     max_new_tokens: MaxNewTokens = 4096,
     max_patches: MaxPatches = None,
-    dpi: Dpi = 200,
-    pages: Pages = None,
-    password: Password = None,
-    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
-    overwrite: Overwrite = False,
-    quiet: Quiet = False,
 ) -> None:
     """The page as markdown."""
-    _run("md", MD_FORMATS, locals())
+    _run(
+        lambda: Job(
+            task="md",
+            paths=_input_paths(paths, files_from, null),
+            output=OutputOptions(MdFormat(format).value, output, None, overwrite, RenderOptions(password=password)),
+            batch_size=batch_size,
+            page_options=_page_options(pages, dpi, password, max_pixels),
+            runner=_runner_settings(model, revision, device, dtype, attn, max_new_tokens, max_patches),
+        ),
+        quiet=quiet,
+        verbose=verbose,
+        max_new_tokens=max_new_tokens,
+    )
+
+
+def _page_options(pages: str | None, dpi: int, password: str | None, max_pixels: int) -> PageOptions:
+    return PageOptions(dpi=dpi, pages=parse_page_selection(pages), max_pixels=max_pixels, password=password)
+
+
+def _runner_settings(model: str | None, revision: str | None, device: str, dtype: Dtype, attn: Attn,
+                     max_new_tokens: int, max_patches: int | None) -> RunnerSettings:  # fmt: skip
+    return RunnerSettings(
+        model=model or default_model(),
+        revision=revision,
+        device=device,
+        dtype=Dtype(dtype).value,
+        attn=Attn(attn).value,
+        max_new_tokens=max_new_tokens,
+        max_patches=max_patches,
+    )
+
+
+def _input_paths(paths: list[str] | None, files_from: str | None, nul_separated: bool) -> tuple[str, ...]:
+    paths = list(paths or [])
+    if files_from:
+        if files_from == "-" and "-" in paths:
+            raise UsageError("stdin cannot be both --files-from - and an input '-'")
+        paths += _read_path_list(files_from, nul_separated)
+    elif nul_separated:
+        raise UsageError("-0/--null only applies with --files-from")
+    if not paths:
+        raise UsageError("no inputs: give image/PDF paths, folders, '-' or --files-from")
+    return tuple(paths)
 
 
 def _read_path_list(source: str, nul_separated: bool) -> list[str]:
@@ -152,49 +261,34 @@ def _raise_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
     raise KeyboardInterrupt
 
 
-def _run(task: str, formats: tuple[str, ...], options: dict) -> None:
-    from .run.app import Job, execute
+def _route_library_messages(verbose: bool, reporter: PlainReporter) -> None:
+    """Keep torch's and transformers' warnings off the user's stderr, or fold them into
+    one line each with --verbose. kosmos25's own warnings go through the reporter."""
+    # Read when transformers is first imported, which happens after this.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "warning" if verbose else "error")
+    if not verbose:
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+        warnings.simplefilter("ignore")
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001 - warnings' signature
+        first_line = (str(message).strip().splitlines() or [""])[0]
+        module = Path(filename).parent.name if filename else "?"
+        reporter.info(f"library warning ({module}): {category.__name__}: {first_line}")
+
+    warnings.showwarning = show
+
+
+def _run(build_job: Callable[[], Job], quiet: bool, verbose: bool, max_new_tokens: int) -> None:
+    from .run.app import execute
     from .run.progress import format_summary, make_reporter
 
-    reporter = make_reporter(quiet=options["quiet"], max_new_tokens=options["max_new_tokens"])
+    reporter = make_reporter(quiet=quiet, max_new_tokens=max_new_tokens)
+    _route_library_messages(verbose, reporter)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        if options["format"] not in formats:
-            raise UsageError(f"--format {options['format']}: '{task}' writes {', '.join(formats)}")
-        paths = list(options["paths"] or [])
-        if options["files_from"]:
-            if options["files_from"] == "-" and "-" in paths:
-                raise UsageError("stdin cannot be both --files-from - and an input '-'")
-            paths += _read_path_list(options["files_from"], options["null"])
-        elif options["null"]:
-            raise UsageError("-0/--null only applies with --files-from")
-        if not paths:
-            raise UsageError("no inputs: give image/PDF paths, folders, '-' or --files-from")
-        job = Job(
-            task=task,
-            paths=tuple(paths),
-            fmt=options["format"],
-            output_dir=options["output"],
-            draw_dir=options.get("draw"),
-            overwrite=options["overwrite"],
-            batch_size=options["batch_size"],
-            page_options=PageOptions(
-                dpi=options["dpi"],
-                pages=parse_page_selection(options["pages"]),
-                max_pixels=options["max_pixels"],
-                password=options["password"],
-            ),
-            runner=RunnerSettings(
-                model=options["model"] or default_model(),
-                revision=options["revision"],
-                device=options["device"],
-                dtype=options["dtype"],
-                attn=options["attn"],
-                max_new_tokens=options["max_new_tokens"],
-                max_patches=options["max_patches"],
-            ),
-        )
-        summary = execute(job, reporter, stdin=sys.stdin.buffer if "-" in paths else None)
+        job = build_job()
+        summary = execute(job, reporter, stdin=sys.stdin.buffer if "-" in job.paths else None)
     except KosmosError as error:
         reporter.close()
         reporter.error(error.message)
@@ -209,3 +303,22 @@ def _run(task: str, formats: tuple[str, ...], options: dict) -> None:
     else:
         reporter.finished(summary)
     raise typer.Exit(int(summary.exit_code))
+
+
+def run() -> None:
+    """The `kosmos25` console script: the Typer app, with usage errors as one line on stderr."""
+    try:
+        code = app(prog_name="kosmos25", standalone_mode=False)
+    except typer.TyperException as exc:  # the framework's usage errors (bad option value, unknown option)
+        context = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and context is not None:
+            typer.echo(context.get_help())  # bare `kosmos25` or `kosmos25 ocr`: show the help
+        else:
+            command = f"{context.command_path} " if context is not None else ""
+            message = exc.format_message().replace("Value error, ", "")  # pydantic's prefix says nothing
+            print(f"{PREFIX}: error: {message} (see '{command}--help')", file=sys.stderr)
+        code = getattr(exc, "exit_code", ExitCode.USAGE)
+    except typer.Abort:
+        print(f"{PREFIX}: error: interrupted", file=sys.stderr)
+        code = ExitCode.INTERRUPTED
+    sys.exit(int(code or 0))

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from ..inputs.documents import Document, Page
 from ..results import PageResult
-from .writers import write_atomic_bytes
+from .files import write_atomic_bytes
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -1,6 +1,7 @@
-"""The library's entry point: one run of `ocr` or `md` over a list of paths.
+"""One run of `ocr` or `md` over a list of paths, as the command line asks for it.
 
-Ties the pieces together in data-flow order: inputs -> runner -> parsing -> writers.
+Ties the pieces together in data-flow order: inputs -> model (through the Python
+API's Reader, the same code path scripts use) -> parsing -> outputs.
 """
 
 from __future__ import annotations
@@ -9,13 +10,25 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..outputs.drawing import PageDrawer
 from ..errors import UsageError
 from ..inputs.documents import PageOptions, collect_documents
-from .pipeline import Pipeline, RunRequest, RunSummary
+from ..model.runner import RunnerSettings
+from ..outputs.drawing import PageDrawer
+from ..outputs.files import DirectorySink, StdoutSink, check_folder_writable
+from ..outputs.formats import RenderOptions, output_format
+from .pipeline import RunSummary
 from .progress import PlainReporter
-from ..model.runner import ModelRunner, RunnerSettings, auto_batch_size
-from ..outputs.writers import DirectorySink, StdoutSink, check_folder_writable
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """Where and how results are written."""
+
+    fmt: str
+    folder: Path | None = None  # None: stdout
+    draw_dir: Path | None = None
+    overwrite: bool = False
+    render: RenderOptions = field(default_factory=RenderOptions)
 
 
 @dataclass(frozen=True)
@@ -24,10 +37,7 @@ class Job:
 
     task: str
     paths: tuple[str, ...]
-    fmt: str
-    output_dir: Path | None = None
-    draw_dir: Path | None = None
-    overwrite: bool = False
+    output: OutputOptions
     batch_size: int | None = None  # None: chosen from free memory
     page_options: PageOptions = field(default_factory=PageOptions)
     runner: RunnerSettings = field(default_factory=RunnerSettings)
@@ -40,37 +50,41 @@ def execute(job: Job, reporter: PlainReporter, stdin: io.BufferedIOBase | None =
     failing input is reported through `reporter` and counted, and the run goes on.
     The model is loaded once, and not at all when every output already exists.
     """
-    if job.draw_dir is not None and job.task != "ocr":
+    from ..api import Reader
+
+    out = job.output
+    fmt = output_format(out.fmt, job.task)
+    if out.draw_dir is not None and job.task != "ocr":
         raise UsageError("--draw draws OCR boxes; use it with 'kosmos25 ocr'")
     documents, missing = collect_documents(job.paths, stdin)
-    for folder in (job.output_dir, job.draw_dir):
+    if out.folder is None and fmt.one_per_stream and len(documents) + len(missing) > 1:
+        raise UsageError(f"--format {fmt.name} writes one file per input: give -o DIR for several inputs")
+    for folder in (out.folder, out.draw_dir):
         if folder is not None:
             check_folder_writable(folder)
-    if job.output_dir is not None:
-        sink = DirectorySink(job.output_dir, job.fmt, overwrite=job.overwrite)
+    if out.folder is not None:
+        sink = DirectorySink(out.folder, fmt, out.render, overwrite=out.overwrite)
     else:
-        sink = StdoutSink(job.fmt, several=len(documents) > 1)
-    prepare, generate, batch_size = _no_model, _no_model, 1
-    if any(not sink.is_done(doc) for doc in documents):
-        runner = ModelRunner(job.runner)
-        prepare, generate = runner.prepare, runner.generate_prepared
-        batch_size = job.batch_size or auto_batch_size(runner)
-        reporter.info(
-            f"model {job.runner.model} on {runner.device} ({str(runner.dtype).removeprefix('torch.')}, "
-            f"{runner.attention} attention), {batch_size} page{'s' * (batch_size != 1)} per batch"
-        )
-    request = RunRequest(job.task, job.runner.model, job.page_options, batch_size)
-    drawer = PageDrawer(job.draw_dir) if job.draw_dir else None
-    pipeline = Pipeline(request, prepare, generate, sink, reporter, drawer)
+        sink = StdoutSink(fmt, out.render, several=len(documents) > 1)
+    drawer = PageDrawer(out.draw_dir) if out.draw_dir else None
     reporter.started(len(documents) + len(missing))
+    if any(not sink.is_done(doc) for doc in documents):
+        reader = Reader.from_settings(job.runner, job.batch_size)
+        reporter.info(reader.describe())
+        pipeline = reader.read(job.task, documents, sink, reporter, job.page_options, drawer)
+    else:
+        pipeline = None
+    summary = pipeline.summary if pipeline else RunSummary()
     for source, error in missing:
-        pipeline.fail_input(source, error)
+        summary.failed += 1
+        reporter.document_failed(source, error)
+    if pipeline is None:
+        for doc in documents:
+            summary.skipped += 1
+            reporter.document_skipped(doc)
+        return summary
     try:
         pipeline.run(documents)
     except KeyboardInterrupt:
-        pipeline.summary.interrupted = True
-    return pipeline.summary
-
-
-def _no_model(*args):  # pragma: no cover - never called: every input is skipped
-    raise RuntimeError("the model was not loaded because every output already existed")
+        summary.interrupted = True
+    return summary

@@ -24,6 +24,7 @@ from ..model.runner import RawOutput
 class Sink(Protocol):
     def is_done(self, doc: Document) -> bool: ...
     def write(self, doc: Document, result: DocumentResult) -> object: ...
+    def failed(self, doc: Document, error: InputError) -> None: ...
 
 
 class Reporter(Protocol):
@@ -119,6 +120,13 @@ class Pipeline:
 
     def run(self, documents: list[Document]) -> RunSummary:
         """Process every document; returns the summary (also kept on `self.summary`)."""
+        for _ in self.steps(documents):
+            pass
+        return self.summary
+
+    def steps(self, documents: list[Document]) -> Iterator[None]:
+        """Process every document, pausing after each event so a caller can collect
+        finished results as they come (the Python API's `ocr_many` does)."""
         state: _DocState | None = None
         with BackgroundWriter() as self._writer:
             for event in read_ahead(self._events(documents), depth=2 * self.request.batch_size):
@@ -138,8 +146,9 @@ class Pipeline:
                 elif event.kind == "end":
                     state.listed = True
                     self._close_if_complete(state)
+                yield
             self._flush()
-        return self.summary
+        yield
 
     def _events(self, documents: list[Document]) -> Iterator[_Event]:
         """Runs in the read-ahead thread: decode, render and prepare pages in order."""
@@ -158,11 +167,6 @@ class Pipeline:
             except InputError as error:
                 yield _Event("error", doc, error=error)
             yield _Event("end", doc)
-
-    def fail_input(self, source: str, error: InputError) -> None:
-        """Count and report an input that failed before it became a document."""
-        self.summary.failed += 1
-        self.reporter.document_failed(source, error)
 
     def _flush(self) -> None:
         batch = [item for item in self._batch if not item[0].error]
@@ -206,7 +210,9 @@ class Pipeline:
     def _fail(self, state: _DocState, error: InputError) -> None:
         if state.error is None:
             state.error = error
-            self.fail_input(state.doc.source, error)
+            self.sink.failed(state.doc, error)
+            self.summary.failed += 1
+            self.reporter.document_failed(state.doc.source, error)
 
     def _close_if_complete(self, state: _DocState) -> None:
         if state.closed or state.error or not state.listed or state.outstanding:

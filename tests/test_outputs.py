@@ -1,4 +1,4 @@
-"""Writer tests: the JSON and TSV schemas, text and markdown layout, atomic files."""
+"""Output tests: the JSON and TSV schemas, text and markdown layout, the format table, atomic files."""
 
 import json
 import os
@@ -10,7 +10,10 @@ from kosmos_cli.errors import OutputFailed
 from kosmos_cli.inputs.documents import Document
 from kosmos_cli.parsing import parse_ocr
 from kosmos_cli.results import BBox, DocumentResult, Line, PageResult
-from kosmos_cli.outputs.writers import DirectorySink, StdoutSink, to_json, to_markdown, to_tsv, to_txt, write_atomic
+from kosmos_cli.errors import UsageError
+from kosmos_cli.outputs.files import DirectorySink, StdoutSink, write_atomic
+from kosmos_cli.outputs.formats import FORMATS, RenderOptions, format_for_path, output_format
+from kosmos_cli.outputs.text import to_json, to_markdown, to_tsv, to_txt
 from test_parsing import RECEIPT_OCR
 
 
@@ -46,12 +49,12 @@ def test_markdown_json_has_markdown_instead_of_lines():
 
 
 def test_tsv_header_escaping_and_missing_box():
-    doc = _ocr_doc(_page(3, [Line("a\tb\\c", BBox(1, 2, 3, 4)), Line("x\ny", None)]))
+    doc = _ocr_doc(_page(3, [Line("a\tb\\c", BBox(1, 2, 3, 4), 0.98765), Line("x\ny", None)]))
     rows = to_tsv(doc).splitlines()
-    assert rows[0] == "source\tpage\tx0\ty0\tx1\ty1\ttext"
-    assert rows[1] == "scans/r.png\t3\t1\t2\t3\t4\ta\\tb\\\\c"
-    assert rows[2] == "scans/r.png\t3\t\t\t\t\tx\\ny"
-    assert all(len(row.split("\t")) == 7 for row in rows)
+    assert rows[0] == "source\tpage\tx0\ty0\tx1\ty1\tconfidence\ttext"
+    assert rows[1] == "scans/r.png\t3\t1\t2\t3\t4\t0.9877\ta\\tb\\\\c"
+    assert rows[2] == "scans/r.png\t3\t\t\t\t\t\tx\\ny"
+    assert all(len(row.split("\t")) == 8 for row in rows)
     assert not to_tsv(doc, header=False).startswith("source")
 
 
@@ -93,20 +96,29 @@ def test_write_atomic_to_unwritable_folder_fails_cleanly(tmp_path):
 
 def test_directory_sink_mirrors_subfolders_and_resumes(tmp_path):
     doc = Document("in/sub/a.png", Path("in/sub/a.png"), PurePosixPath("sub/a"))
-    sink = DirectorySink(tmp_path, "tsv")
+    sink = DirectorySink(tmp_path, FORMATS["tsv"], RenderOptions())
     assert sink.path_for(doc) == tmp_path / "sub" / "a.tsv"
     assert not sink.is_done(doc)
     sink.write(doc, _ocr_doc(_page(1, [Line("x", None)])))
     assert sink.is_done(doc)
-    assert not DirectorySink(tmp_path, "tsv", overwrite=True).is_done(doc)
+    assert not DirectorySink(tmp_path, FORMATS["tsv"], RenderOptions(), overwrite=True).is_done(doc)
 
 
 def test_stdout_sink_writes_one_tsv_header(tmp_path):
     import io
 
-    stream = io.StringIO()
-    sink = StdoutSink("tsv", stream=stream)
+    stream = io.BytesIO()
+    sink = StdoutSink(FORMATS["tsv"], RenderOptions(), stream=stream)
     doc = Document("a.png", Path("a.png"), PurePosixPath("a"))
     sink.write(doc, _ocr_doc(_page(1, [Line("x", None)])))
     sink.write(doc, _ocr_doc(_page(1, [Line("y", None)])))
-    assert stream.getvalue().count("source\tpage") == 1
+    assert stream.getvalue().count(b"source\tpage") == 1
+
+
+def test_formats_by_task_and_by_file_suffix():
+    assert output_format("alto", "ocr").suffix == ".xml"
+    with pytest.raises(UsageError, match="'md' writes json, md"):
+        output_format("pdf", "md")
+    assert [format_for_path(Path(name)) for name in ("a.PDF", "b.hocr", "c.xml", "d.json")] == ["pdf", "hocr", "alto", "json"]
+    with pytest.raises(UsageError, match="cannot tell the format"):
+        format_for_path(Path("a.docx"))
