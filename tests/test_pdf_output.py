@@ -138,6 +138,13 @@ def _assert_placed(lines: list[Line], found: list[tuple[list[float], str]], dpi=
         assert max(abs(a - b) for a, b in zip(box, expected)) <= TOLERANCE_PT, (line.text, box, expected)
 
 
+def _pypdf_lines(pdf: Path, page: int = 1) -> list[str]:
+    from pypdf import PdfReader
+
+    text = PdfReader(pdf).pages[page - 1].extract_text()
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
 def _render(pdf: Path, dpi=50, *flags: str) -> list[bytes]:
     prefix = pdf.with_suffix("")
     _run("pdftoppm", "-r", str(dpi), *flags, str(pdf), str(prefix))
@@ -164,6 +171,27 @@ def test_text_layer_lands_on_the_text(tmp_path, rotate, media, crop):
     path = _write(source, tmp_path / "in.pdf")
     lines = _lines_from_input(path, 1)
     assert [line.text for line in lines] == [text for text, *_ in TEXTS]  # the fixture reads upright
+    output = render_pdf(_doc(path), _ocr_result(_doc(path), {1: lines}))
+    _assert_valid(output)
+    layer = _text_layer_only(output, path, tmp_path / "layer.pdf")
+    _assert_placed(lines, _poppler_lines(layer, 1))
+    assert _pypdf_lines(layer) == [line.text for line in lines]
+    out_path = tmp_path / "out.pdf"
+    out_path.write_bytes(output)
+    assert _render(out_path) == _render(path)
+
+
+def test_inherited_page_attributes_are_followed(tmp_path):
+    """MediaBox, /Rotate and /Resources set on the page tree, not on the page."""
+    source = pikepdf.new()
+    _add_text_page(source, (0, 0, 400, 300), 90)
+    page = source.pages[0].obj
+    tree = source.Root.Pages
+    tree.MediaBox, tree.Rotate, tree.Resources = page.MediaBox, page.Rotate, page.Resources
+    del page.MediaBox, page.Rotate, page.Resources
+    path = _write(source, tmp_path / "in.pdf")
+    lines = _lines_from_input(path, 1)
+    assert [line.text for line in lines] == [text for text, *_ in TEXTS]
     output = render_pdf(_doc(path), _ocr_result(_doc(path), {1: lines}))
     _assert_valid(output)
     _assert_placed(lines, _poppler_lines(_text_layer_only(output, path, tmp_path / "layer.pdf"), 1))
@@ -224,11 +252,14 @@ def test_scanned_pdf_text_comes_back_in_order(tmp_path):
         Line("second line", BBox(20, 60, 200, 80)),
         Line("third", BBox(20, 100, 90, 120)),
     ]
-    output = render_pdf(_doc(path), _ocr_result(_doc(path), {1: lines}))
+    result = _ocr_result(_doc(path), {1: lines})
+    output = render_pdf(_doc(path), result)
     out_path = tmp_path / "out.pdf"
     out_path.write_bytes(output)
     _assert_placed(lines, _poppler_lines(out_path, 1))
     assert _run("pdftotext", str(out_path), "-").decode().split() == " ".join(line.text for line in lines).split()
+    from_stdin = Document("-", None, PurePosixPath("stdin"), data=path.read_bytes())
+    assert render_pdf(from_stdin, result) == output
 
 
 def test_lines_without_box_are_still_searchable(tmp_path):
@@ -324,8 +355,10 @@ def _embedded_images(output: bytes) -> list[tuple[Name, bytes]]:
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_jpeg_embedded_as_is_and_shown_upright(tmp_path, orientation):
     path = _quadrant_jpeg(tmp_path / "photo.jpg", orientation)
-    output = render_pdf(_doc(path), _image_result(_doc(path), {1: [Line("label", BBox(5, 5, 50, 20))]}))
+    result = _image_result(_doc(path), {1: [Line("label", BBox(5, 5, 50, 20))]})
+    output = render_pdf(_doc(path), result)
     _assert_valid(output)
+    assert render_pdf(Document("-", None, PurePosixPath("stdin"), data=path.read_bytes()), result) == output
     assert _embedded_images(output) == [(Name.DCTDecode, path.read_bytes())]
     upright = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
     assert _page_sizes(output) == [pytest.approx(upright.size, abs=0.01)]
@@ -386,7 +419,4 @@ def test_unicode_round_trips_through_pdftotext(tmp_path):
 
 
 def test_unicode_round_trips_through_pypdf(tmp_path):
-    from pypdf import PdfReader
-
-    text = PdfReader(_unicode_output(tmp_path)).pages[0].extract_text()
-    assert [line.strip() for line in text.splitlines() if line.strip()] == [*UNICODE_LINES, "no box here"]
+    assert _pypdf_lines(_unicode_output(tmp_path)) == [*UNICODE_LINES, "no box here"]

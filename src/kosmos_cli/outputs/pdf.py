@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import pikepdf
 from pikepdf import Dictionary, Name
 
-from ..errors import CorruptInput, OutputFailed, PasswordRequired
+from ..errors import CorruptInput, OutputFailed, PasswordRequired, UnreadableInput
 from ..inputs.documents import Document
 from ..results import DocumentResult, PageResult
 from .pdf_font import CharCodes, make_font
@@ -72,7 +72,7 @@ def _open_pdf(doc: Document, password: str | None) -> Iterator[pikepdf.Pdf]:
     except pikepdf.PdfError as exc:
         raise CorruptInput(f"{doc.source}: not a readable PDF ({first_line(exc)})") from None
     except OSError as exc:
-        raise CorruptInput(f"{doc.source}: cannot read file ({exc.strerror or exc})") from None
+        raise UnreadableInput(f"{doc.source}: cannot read file ({exc.strerror or exc})") from None
     with pdf:
         yield pdf
 
@@ -148,7 +148,7 @@ def _fits(box: tuple[float, ...], rotate: int, result: PageResult) -> bool:
         width, height = height, width
     if result.dpi:
         return math.ceil(width * result.dpi / 72 - 1e-6) == result.width
-    return abs(width / height - result.width / result.height) < 0.01
+    return abs(width / height - result.width / max(result.height, 1)) < 0.01
 
 
 def _points_per_pixel(points: float, pixels: int, dpi: int | None) -> float:
