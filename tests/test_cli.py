@@ -221,3 +221,32 @@ def test_model_from_environment_variable(tmp_path, trained_model):
                             capture_output=True, text=True, env=env)  # fmt: skip
     assert direct.returncode == 0, direct.stderr
     assert direct.stdout.startswith("TOTAL 12.50\n")
+
+
+def test_stderr_holds_only_kosmos25s_own_lines(tmp_path, trained_model):
+    Image.new("RGB", (400, 200), "white").save(tmp_path / "r.png")
+    # Warnings raised inside torch/transformers would show up here (transformers 5.24 warned on every run).
+    env = {"PYTHONWARNINGS": "default"}
+    quiet = run_cli("ocr", str(tmp_path / "r.png"), "-q", "--model", str(trained_model), env=env)
+    assert quiet.returncode == 0 and quiet.stdout and quiet.stderr == ""
+    normal = run_cli("ocr", str(tmp_path / "r.png"), "--model", str(trained_model), env=env)
+    assert normal.returncode == 0 and normal.stderr
+    assert all(line.startswith("kosmos25: ") for line in normal.stderr.splitlines()), normal.stderr
+
+
+def test_verbose_folds_library_warnings_into_one_line_each(monkeypatch):
+    import io
+    import warnings
+
+    import transformers
+
+    from kosmos_cli import cli
+    from kosmos_cli.run.progress import PlainReporter
+
+    monkeypatch.delenv("TRANSFORMERS_VERBOSITY", raising=False)
+    for verbose, expected in [(True, "kosmos25: library warning (transformers): FutureWarning: a library says\n"), (False, "")]:
+        stream = io.StringIO()
+        with warnings.catch_warnings():
+            cli._route_library_messages(verbose, PlainReporter(stream))
+            warnings.warn_explicit("a library says\nsecond line", FutureWarning, transformers.__file__, 1)
+        assert stream.getvalue() == expected
