@@ -3,17 +3,20 @@ PYTHON ?= python3
 VENV ?= .venv
 # CPU build by default (on these machines it is on local disk); GPU users pass their CUDA build,
 # e.g. make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
-TORCH ?= torch==2.13.0
+TORCH_VERSION ?= 2.13.0
+TORCH ?= torch==$(TORCH_VERSION)
 BIN := $(VENV)/bin
+# The newest releases of every dependency (torch stays at TORCH_VERSION: PyPI's newer builds are CUDA ones).
+LATEST_VENV ?= .venv-latest
 TINY_MODEL ?= build/tiny-kosmos25
 
-.PHONY: install test tiny-model poppler clean bench
+.PHONY: install test test-latest tiny-model poppler clean bench
 
 install: poppler
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt $(TORCH)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
 	@echo "installed: $(BIN)/kosmos25 (activate with: . $(BIN)/activate)"
 
 # PDFs need poppler's pdftoppm; install it through apt when it is missing and apt is there.
@@ -30,6 +33,18 @@ poppler:
 
 test:
 	$(BIN)/python -m pytest -q
+
+# The suite against the newest versions the registry serves, in a separate virtual env,
+# so the next upstream release is caught here rather than by a user.
+test-latest: poppler
+	test -x $(LATEST_VENV)/bin/python || $(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	echo "torch==$(TORCH_VERSION)" > $(LATEST_VENV)/torch-pin.txt
+	$(LATEST_VENV)/bin/python -m pip install --quiet -c $(LATEST_VENV)/torch-pin.txt $(TORCH)
+	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager \
+		-c $(LATEST_VENV)/torch-pin.txt -e ".[dev]"
+	@$(LATEST_VENV)/bin/python -c "import torch, transformers; print('testing with torch', torch.__version__, 'transformers', transformers.__version__)"
+	$(LATEST_VENV)/bin/python -m pytest -q
 
 # A tiny trained checkpoint for trying the commands without the real model (about 15 s on CPU).
 tiny-model:
