@@ -250,3 +250,106 @@ def test_verbose_folds_library_warnings_into_one_line_each(monkeypatch):
             cli._route_library_messages(verbose, PlainReporter(stream))
             warnings.warn_explicit("a library says\nsecond line", FutureWarning, transformers.__file__, 1)
         assert stream.getvalue() == expected
+
+
+def _scanned_pdf(path: Path) -> Path:
+    """A one-page image-only PDF, 4x2 inches: what a scanner writes."""
+    Image.new("RGB", (400, 200), "white").save(path, resolution=100.0)
+    return path
+
+
+def _words(bbox_layout_xhtml: str) -> list[tuple[str, list[float]]]:
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(bbox_layout_xhtml)
+    return [(word.text, [float(word.get(k)) for k in ("xMin", "yMin", "xMax", "yMax")])
+            for word in root.iter("{http://www.w3.org/1999/xhtml}word")]  # fmt: skip
+
+
+def test_searchable_pdf_from_a_scanned_pdf(tmp_path, trained_model):
+    scan = _scanned_pdf(tmp_path / "scan.pdf")
+    first = run_cli("ocr", str(scan), "-f", "pdf", "-o", str(tmp_path / "out"), "--dpi", "100", "--model", str(trained_model))
+    assert first.returncode == 0, first.stderr
+    out = tmp_path / "out" / "scan.pdf"
+    assert "TOTAL 12.50" in subprocess.run(["pdftotext", str(out), "-"], capture_output=True, text=True).stdout
+    # The word lands on its box: JSON pixels at 100 dpi -> points (x 72/100).
+    json_run = run_cli("ocr", str(scan), "--dpi", "100", "--model", str(trained_model))
+    box = json.loads(json_run.stdout)["pages"][0]["lines"][0]["bbox"]
+    layout = subprocess.run(["pdftotext", "-bbox-layout", str(out), "-"], capture_output=True, text=True).stdout
+    words = dict(_words(layout))
+    expected_line = [v * 72 / 100 for v in box]
+    assert words["TOTAL"][0] == pytest.approx(expected_line[0], abs=2)
+    assert words["12.50"][2] == pytest.approx(expected_line[2], abs=2)
+    assert words["TOTAL"][1] == pytest.approx(expected_line[1], abs=2)
+    assert words["TOTAL"][3] == pytest.approx(expected_line[3], abs=2)
+    again = run_cli("ocr", str(scan), "-f", "pdf", "-o", str(tmp_path / "out"), "--model", str(trained_model))
+    assert again.returncode == 0 and "1 skipped" in again.stderr
+
+
+def test_pdf_to_stdout_for_one_input_only(tmp_path, trained_model):
+    from conftest import KOSMOS25
+
+    Image.new("RGB", (400, 200), "white").save(tmp_path / "r.png")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    one = subprocess.run([str(KOSMOS25), "ocr", str(tmp_path / "r.png"), "-f", "pdf", "-q", "--model", str(trained_model)],
+                         capture_output=True, env=env)  # fmt: skip
+    assert one.returncode == 0 and one.stdout.startswith(b"%PDF") and one.stderr == b""
+    Image.new("RGB", (200, 200), "white").save(tmp_path / "s.png")
+    two = run_cli("ocr", str(tmp_path / "r.png"), str(tmp_path / "s.png"), "-f", "alto", "--model", str(trained_model))
+    assert two.returncode == 2 and "--format alto writes one file per input: give -o DIR" in two.stderr
+
+
+def test_hocr_and_alto_line_boxes_equal_the_json_boxes(tmp_path, trained_model):
+    import xml.etree.ElementTree as ET
+
+    from test_alto import schema as alto_schema
+
+    Image.new("RGB", (400, 200), "white").save(tmp_path / "r.png")
+    for fmt in ("json", "hocr", "alto"):
+        result = run_cli("ocr", str(tmp_path / "r.png"), "-f", fmt, "-o", str(tmp_path / "out"), "--model", str(trained_model))
+        assert result.returncode == 0, result.stderr
+    json_boxes = [line["bbox"] for line in json.loads((tmp_path / "out" / "r.json").read_text())["pages"][0]["lines"]]
+    hocr = ET.parse(tmp_path / "out" / "r.hocr").getroot()
+    hocr_boxes = []
+    for span in hocr.iter("{http://www.w3.org/1999/xhtml}span"):
+        if span.get("class") == "ocr_line":
+            fields = dict(part.strip().split(" ", 1) for part in span.get("title").split(";"))
+            hocr_boxes.append([int(v) for v in fields["bbox"].split()] if "bbox" in fields else None)
+    assert hocr_boxes == json_boxes
+    alto_text = (tmp_path / "out" / "r.xml").read_text()
+    alto_schema.__wrapped__().validate(alto_text)
+    ns = "{http://www.loc.gov/standards/alto/ns-v4#}"
+    alto_boxes = []
+    for line in ET.fromstring(alto_text).iter(f"{ns}TextLine"):
+        if line.get("HPOS") is None:
+            alto_boxes.append(None)
+        else:
+            x, y, w, h = (int(float(line.get(k))) for k in ("HPOS", "VPOS", "WIDTH", "HEIGHT"))
+            alto_boxes.append([x, y, x + w, y + h])
+    assert alto_boxes == json_boxes
+
+
+def test_readme_option_table_matches_help():
+    import re
+
+    from typer.main import get_command
+
+    from kosmos_cli import cli
+
+    group = get_command(cli.app)
+    in_help = {}
+    for name in ("ocr", "md"):
+        for param in group.commands[name].params:
+            for opt in param.opts:
+                if opt.startswith("--") and opt != "--help":
+                    in_help[opt] = param.rich_help_panel
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme[readme.index("| option | default | meaning |") :].split("\n\n", 1)[0]
+    in_readme, panel = {}, None
+    for row in table.splitlines()[2:]:
+        heading = re.match(r"\| \*\*(\w+)\*\* \|", row)
+        if heading:
+            panel = heading.group(1)
+            continue
+        in_readme[re.match(r"\| `(?:-\w, )?(--[\w-]+)", row).group(1)] = panel
+    assert in_readme == in_help

@@ -12,7 +12,7 @@ from urllib.parse import unquote
 from kosmos_cli import __version__
 from kosmos_cli.outputs.hocr import to_hocr, wconf
 from kosmos_cli.outputs.words import estimate_words, xml_safe
-from kosmos_cli.outputs.writers import to_json
+from kosmos_cli.outputs.text import to_json
 from kosmos_cli.parsing import parse_ocr
 from kosmos_cli.results import BBox, DocumentResult, Line, PageResult
 from test_parsing import RECEIPT_OCR

@@ -96,13 +96,20 @@ class Reader:
         """One image or PDF as markdown (`page.markdown` on each page)."""
         return next(self.md_many([source], pages=pages, dpi=dpi, password=password, max_pixels=max_pixels))
 
-    def ocr_many(self, sources: Iterable[Source], **page_options) -> Iterator[DocumentResult]:
-        """OCR several documents, pages batched across them; yields results in input order."""
-        return self._read_many("ocr", sources, _page_options(**page_options))
+    def ocr_many(self, sources: Iterable[Source], *, errors: str = "raise", **page_options) -> Iterator[DocumentResult]:
+        """OCR several documents, pages batched across them; yields results in input order.
 
-    def md_many(self, sources: Iterable[Source], **page_options) -> Iterator[DocumentResult]:
-        """Markdown of several documents, pages batched across them; yields in input order."""
-        return self._read_many("md", sources, _page_options(**page_options))
+        A document that cannot be read raises its `InputError` when its turn comes
+        (`errors="raise"`), or is yielded as that error object in its place so the
+        rest go on (`errors="yield"`). `page_options`: `pages`, `dpi`, `password`,
+        `max_pixels`, as for `ocr`.
+        """
+        return self._read_many("ocr", sources, _page_options(**page_options), errors)
+
+    def md_many(self, sources: Iterable[Source], *, errors: str = "raise", **page_options) -> Iterator[DocumentResult]:
+        """Markdown of several documents, pages batched across them; yields in input order
+        (`errors` as for `ocr_many`)."""
+        return self._read_many("md", sources, _page_options(**page_options), errors)
 
     def read(
         self,
@@ -117,9 +124,13 @@ class Reader:
         request = RunRequest(task, self.settings.model, page_options, self.batch_size)
         return Pipeline(request, self.runner.prepare, self.runner.generate_prepared, sink, reporter, page_observer)
 
-    def _read_many(self, task: str, sources: Iterable[Source], page_options: PageOptions) -> Iterator[DocumentResult]:
+    def _read_many(
+        self, task: str, sources: Iterable[Source], page_options: PageOptions, errors: str
+    ) -> Iterator[DocumentResult]:
+        if errors not in ("raise", "yield"):
+            raise UsageError(f"errors={errors!r}: expected 'raise' or 'yield'")
         documents = [_document(source, index) for index, source in enumerate(sources)]
-        collector = _Collector()
+        collector = _Collector(raise_errors=errors == "raise")
         pipeline = self.read(task, documents, collector, _SilentReporter(), page_options)
         waiting = iter(documents)
         next_doc = next(waiting, None)
@@ -172,6 +183,8 @@ def _document(source: Source, index: int) -> Document:
 class _Collector:
     """A sink that keeps results (or errors) in memory for the API's iterators."""
 
+    raise_errors: bool = True
+
     def __post_init__(self) -> None:
         self.finished: dict[int, DocumentResult | InputError] = {}
 
@@ -187,9 +200,9 @@ class _Collector:
     def failed(self, doc: Document, error: InputError) -> None:
         self.finished[id(doc)] = error
 
-    def take(self, doc: Document) -> DocumentResult:
+    def take(self, doc: Document) -> DocumentResult | InputError:
         outcome = self.finished.pop(id(doc))
-        if isinstance(outcome, InputError):
+        if isinstance(outcome, InputError) and self.raise_errors:
             raise outcome
         return outcome
 

@@ -27,7 +27,9 @@ def num(value: float) -> str:
 
 def placed_lines(page: PageResult) -> Iterator[tuple[Line, tuple[float, float, float, float]]]:
     """Each non-blank line with its box clamped to the page; a line without a box
-    goes just below the previous one (or at the top), so no text is lost."""
+    goes just below the previous one (or at the top when there is no room), so no text
+    is lost. Its box is a normal line's height and as wide as its text needs, so its
+    characters are not squeezed together (extractors would drop or interleave them)."""
     previous = None
     for line in page.lines:
         if not line.text.strip():
@@ -35,13 +37,16 @@ def placed_lines(page: PageResult) -> Iterator[tuple[Line, tuple[float, float, f
         if line.bbox is not None:
             x0, y0 = min(max(line.bbox.x0, 0), page.width - 1), min(max(line.bbox.y0, 0), page.height - 1)
             x1, y1 = min(max(line.bbox.x1, x0 + 1), page.width), min(max(line.bbox.y1, y0 + 1), page.height)
-        elif previous is not None:
-            tall = previous[3] - previous[1]
-            y0 = min(previous[3], page.height - tall)
-            x0, y1, x1 = previous[0], y0 + tall, previous[2]
         else:
             tall = max(page.height / 50, 1)
-            x0, y0, x1, y1 = 0, 0, min(page.width, len(line.text) * tall / 2), tall
+            if previous is not None:
+                tall = max(min(previous[3] - previous[1], page.height / 20), 1)
+            below = previous is not None and previous[3] + tall <= page.height
+            x0 = previous[0] if below else 0
+            y0 = previous[3] if below else 0
+            x1, y1 = min(page.width, x0 + max(len(line.text) * tall / 2, previous[2] - x0 if below else 0)), y0 + tall
+            if x1 - x0 < len(line.text) * tall / 2:  # too close to the right edge: start at the left
+                x0, x1 = 0, min(page.width, len(line.text) * tall / 2)
         previous = (x0, y0, x1, y1)
         yield line, previous
 
