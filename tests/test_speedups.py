@@ -115,8 +115,11 @@ def test_greedy_tokens_identical_with_and_without_the_speedups(trained_model, ra
         for name, model in (("trained", trained_model), ("random", random_model)):
             runner = ModelRunner(RunnerSettings(model=str(model), dtype="float32", attn=attn, max_new_tokens=40))
             results[attn, name] = runner.generate(images, "ocr")
-    assert results["eager", "trained"] == results["sdpa", "trained"]
-    assert results["eager", "random"] == results["sdpa", "random"]
+    for name in ("trained", "random"):
+        eager, fast = results["eager", name], results["sdpa", name]
+        assert [(o.text, o.truncated, o.looping) for o in eager] == [(o.text, o.truncated, o.looping) for o in fast]
+        # Confidences agree to float32 rounding (the kernels sum in another order).
+        assert [o.confidence for o in eager] == pytest.approx([o.confidence for o in fast], rel=1e-5)
 
 
 def test_growing_cache_gives_the_same_tokens_as_dynamic_cache(random_model):
