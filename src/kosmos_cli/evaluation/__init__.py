@@ -1,0 +1,1 @@
+"""Evaluation: ground truth files, metrics, and `kosmos25 eval` runs."""
