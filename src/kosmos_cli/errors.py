@@ -89,3 +89,27 @@ class PdfRendererMissing(InputError):
 
 class GenerationFailed(InputError):
     """The model failed while reading a page (for example out of memory)."""
+
+
+class GroundTruthError(InputError):
+    """A page cannot be scored against its ground truth; `eval` reports it and goes on."""
+
+
+class GroundTruthMissing(GroundTruthError):
+    """No ground-truth file was found for an input."""
+
+
+class GroundTruthUnreadable(GroundTruthError):
+    """A ground-truth file cannot be read or parsed, or is of the wrong kind for the task."""
+
+
+class PageCountMismatch(GroundTruthError):
+    """The ground truth does not have the pages the document has (or states another page size)."""
+
+
+class BoxOutsidePage(GroundTruthError):
+    """A ground-truth box lies (partly) outside its page."""
+
+
+class TargetTooLong(GroundTruthError):
+    """A page's ground truth needs more tokens than the model can write for it."""

@@ -348,3 +348,73 @@ def _iter_pdf_pages(doc: Document, options: PageOptions) -> Iterator[Page]:
             if not rendered:
                 raise CorruptInput(f"{doc.source}: page {number}: pdftoppm rendered nothing")
             yield Page(number, to_rgb(rendered[0]), options.dpi)
+
+
+# --- page sizes without decoding pixels ------------------------------------
+
+
+@dataclass(frozen=True)
+class PageGeometry:
+    """A page's number, its size in pixels as it will be read (after EXIF rotation, or
+    rendered at `dpi`), and its resolution (PDF: the rendering dpi; image: what the file
+    states, or None). For PDFs the size is computed from the page box and may differ
+    from the rendered image by one pixel of rounding."""
+
+    number: int
+    width: int
+    height: int
+    dpi: float | None
+
+
+def page_geometry(doc: Document, options: PageOptions) -> tuple[int, list[PageGeometry]]:
+    """(total page count, the selected pages' geometry) of a document, cheaply: image
+    headers or `pdfinfo`, no decoding or rendering. Raises the same InputErrors as `iter_pages`."""
+    if doc.is_pdf:
+        return _pdf_geometry(doc, options)
+    with _open_image(doc, options.max_pixels) as image:
+        total = _frame_count(image)
+        pages = []
+        for number in _selected(doc, total, options.pages):
+            try:
+                image.seek(number - 1)
+                orientation = image.getexif().get(0x0112, 1)
+            except (OSError, ValueError, SyntaxError) as exc:
+                raise CorruptInput(f"{doc.source}: page {number}: cannot decode image ({exc})") from None
+            width, height = image.size
+            if orientation in (5, 6, 7, 8):  # EXIF rotations by 90 or 270 degrees swap the sides
+                width, height = height, width
+            dpi = image.info.get("dpi")
+            pages.append(PageGeometry(number, width, height, float(dpi[0]) if dpi and dpi[0] else None))
+        return total, pages
+
+
+def _pdf_geometry(doc: Document, options: PageOptions) -> tuple[int, list[PageGeometry]]:
+    from pdf2image import pdfinfo_from_path
+    from pdf2image.exceptions import PDFInfoNotInstalledError, PDFPageCountError, PDFSyntaxError
+
+    with _pdf_file(doc) as pdf_path:
+        total = int(_pdf_info(doc, pdf_path, options.password)["Pages"])
+        selected = _selected(doc, total, options.pages)
+        try:
+            info = pdfinfo_from_path(str(pdf_path), userpw=options.password, first_page=1, last_page=total)
+        except PDFInfoNotInstalledError:
+            raise _renderer_missing(doc) from None
+        except (PDFPageCountError, PDFSyntaxError) as exc:
+            raise _pdf_error(doc, str(exc)) from None
+    sizes = {}
+    for key, value in info.items():
+        match = re.fullmatch(r"Page\s+(\d+)\s+(size|rot)", key)
+        if match:
+            sizes.setdefault(int(match.group(1)), {})[match.group(2)] = str(value)
+    pages = []
+    for number in selected:
+        entry = sizes.get(number, {"size": str(info.get("Page size", "")), "rot": str(info.get("Page rot", "0"))})
+        match = re.match(r"\s*([\d.]+)\s*x\s*([\d.]+)\s*pts", entry.get("size", ""))
+        if not match:
+            raise CorruptInput(f"{doc.source}: page {number}: pdfinfo gives no page size")
+        width = round(float(match.group(1)) / 72 * options.dpi)
+        height = round(float(match.group(2)) / 72 * options.dpi)
+        if entry.get("rot", "0").strip() in ("90", "270"):
+            width, height = height, width
+        pages.append(PageGeometry(number, width, height, float(options.dpi)))
+    return total, pages
