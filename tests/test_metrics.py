@@ -80,15 +80,17 @@ def test_line_pairing_is_optimal_and_counts_unpaired_lines():
         ("Card", BBox(0, 31, 100, 51)),  # pairs with truth 2 (IoU 19/21)
         ("Total 13", BBox(0, 0, 100, 20)),  # pairs with truth 1, one substitution
         ("Extra", BBox(200, 0, 300, 20)),  # no overlap: inserted
-        ("No box", None),  # never paired: inserted
+        ("No box", None),  # cannot be located: left out of the line metrics
     ]
     match = match_lines(predicted, truth)
-    assert (match.predicted, match.truth, match.paired) == (4, 3, 2)
-    assert match.precision == 0.5 and match.recall == pytest.approx(2 / 3)
-    assert match.f1 == pytest.approx(2 * 2 / 7)
+    assert (match.predicted, match.truth, match.paired) == (3, 3, 2)
+    assert match.precision == pytest.approx(2 / 3) and match.recall == pytest.approx(2 / 3)
+    assert match.f1 == pytest.approx(2 * 2 / 6)
     assert match.mean_iou == pytest.approx((1 + 19 / 21) / 2)
-    # edits: 1 (Total 13) + 6 (Missed deleted) + 5 (Extra) + 6 (No box); truth length 8 + 4 + 6.
-    assert match.text == Rate(1 + 6 + 5 + 6, 18)
+    # edits: 1 (Total 13) + 6 (Missed deleted) + 5 (Extra inserted); truth length 8 + 4 + 6.
+    assert match.text == Rate(1 + 6 + 5, 18)
+    score = score_lines(predicted, truth + [("Unboxed truth", None)])
+    assert (score.unboxed_predicted, score.unboxed_truth) == (1, 1) and score.lines == match
 
 
 def test_pairing_maximises_total_iou_not_each_lines_best():

@@ -34,7 +34,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-INPUTS, OUTPUT, MODEL, SPEED = "Inputs", "Output", "Model", "Speed"
+INPUTS, OUTPUT, MODEL, SPEED, EVAL = "Inputs", "Output", "Model", "Speed", "Evaluation"
 
 OcrFormat = Enum("OcrFormat", {name: name for name in OCR_FORMATS}, type=str)
 MdFormat = Enum("MdFormat", {name: name for name in MD_FORMATS}, type=str)
@@ -45,6 +45,11 @@ class Dtype(str, Enum):
     bfloat16 = "bfloat16"
     float16 = "float16"
     float32 = "float32"
+
+
+class Task(str, Enum):
+    ocr = "ocr"
+    md = "md"
 
 
 class Attn(str, Enum):
@@ -216,6 +221,105 @@ def md(
         verbose=verbose,
         max_new_tokens=max_new_tokens,
     )
+
+
+@app.command("eval")
+def eval_(
+    paths: Paths = None,
+    files_from: FilesFrom = None,
+    null: NulSeparated = False,
+    pages: Pages = None,
+    dpi: Dpi = 200,
+    password: Password = None,
+    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+    task: Annotated[Task, typer.Option(rich_help_panel=EVAL, help="ocr: lines with boxes; md: markdown.")] = Task.ocr,
+    gt: Annotated[
+        Optional[Path],
+        typer.Option("--gt", metavar="DIR", rich_help_panel=EVAL,
+                     help="Ground truth under DIR, mirroring the inputs' layout. Default: next to each input."),  # fmt: skip
+    ] = None,
+    iou: Annotated[
+        float, typer.Option(min=0.0, max=1.0, metavar="X", rich_help_panel=EVAL, help="Least box IoU that pairs two lines.")
+    ] = 0.5,
+    report: Annotated[
+        Optional[Path],
+        typer.Option(metavar="FILE", rich_help_panel=EVAL, help="Write every page's scores to FILE (.json or .tsv)."),
+    ] = None,
+    baseline: Annotated[
+        Optional[str],
+        typer.Option(metavar="ID|DIR", rich_help_panel=EVAL, help="Also score this model on the same pages, side by side."),
+    ] = None,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+    model: Model = None,
+    revision: Revision = None,
+    device: Device = "auto",
+    dtype: DtypeOption = Dtype.auto,
+    attn: AttnOption = Attn.sdpa,
+    batch_size: BatchSize = None,
+    max_new_tokens: MaxNewTokens = 4096,
+    max_patches: MaxPatches = None,
+) -> None:
+    """Score the model against ground truth: CER, WER, and line detection (ocr)."""
+    from .evaluation.run import EvalJob
+
+    reporter = _start(quiet, verbose, max_new_tokens)
+    job = _guarded(
+        reporter,
+        lambda: EvalJob(
+            task=Task(task).value,
+            paths=_input_paths(paths, files_from, null),
+            runner=_runner_settings(model, revision, device, dtype, attn, max_new_tokens, max_patches),
+            page_options=_page_options(pages, dpi, password, max_pixels),
+            truth_dir=gt,
+            iou=iou,
+            report=report,
+            baseline=baseline,
+            batch_size=batch_size,
+        ),
+    )
+    _run_eval(job, reporter)
+
+
+def _run_eval(job, reporter: PlainReporter) -> None:
+    from .evaluation.report import print_table, write_report
+    from .evaluation.run import evaluate
+
+    result = _guarded(reporter, lambda: evaluate(job, reporter))
+    reporter.close()
+    if job.report is not None:
+        _guarded(reporter, lambda: write_report(result, job.report))
+    print_table(result, sys.stdout, terminal=sys.stdout.isatty())
+    if result.failures:
+        count = len(result.failures)
+        reporter.error(f"{count} input{'s' * (count != 1)} or page{'s' * (count != 1)} could not be scored (see above)")
+    if result.interrupted:
+        reporter.error("interrupted: the scores cover the pages read before it")
+    raise typer.Exit(int(result.exit_code))
+
+
+def _start(quiet: bool, verbose: bool, max_new_tokens: int) -> PlainReporter:
+    """The run's reporter, with library warnings routed and SIGTERM turned into Ctrl-C."""
+    from .run.progress import make_reporter
+
+    reporter = make_reporter(quiet=quiet, max_new_tokens=max_new_tokens)
+    _route_library_messages(verbose, reporter)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    return reporter
+
+
+def _guarded(reporter: PlainReporter, work: Callable):
+    """Run `work()`; a typed error or an interrupt ends the command with its exit code."""
+    try:
+        return work()
+    except KosmosError as error:
+        reporter.close()
+        reporter.error(error.message)
+        raise typer.Exit(int(error.exit_code)) from None
+    except KeyboardInterrupt:
+        reporter.close()
+        reporter.error("interrupted before any page was read")
+        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
 
 
 def _page_options(pages: str | None, dpi: int, password: str | None, max_pixels: int) -> PageOptions:

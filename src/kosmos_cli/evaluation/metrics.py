@@ -11,11 +11,13 @@ Definitions (the README's "How good is it on my documents?" restates them):
   WER = the same over words (runs of non-whitespace). Unordered WER (bag of words) =
   (max(|T|, |P|) - |T ∩ P|) / |T|, with T and P the multisets of true and predicted
   words: the fewest substitutions, insertions and deletions once order is ignored.
-- Lines: predicted and true lines (those with boxes) are paired one to one by box IoU
-  with the optimal assignment (Hungarian method); pairs under the IoU threshold are
-  dropped. Precision = pairs / predicted lines, recall = pairs / true lines. Line CER
-  sums the edits within pairs, plus every unpaired true line's length (deleted) and
-  every unpaired predicted line's length (inserted), over the true lines' total length.
+- Lines: predicted and true lines with boxes are paired one to one by box IoU with the
+  optimal assignment (Hungarian method); pairs under the IoU threshold are dropped.
+  Precision = pairs / predicted lines, recall = pairs / true lines. Line CER sums the
+  edits within pairs, plus every unpaired true line's length (deleted) and every
+  unpaired predicted line's length (inserted), over the true lines' total length.
+  Lines without a box (on either side) cannot be located, so they are left out of the
+  line metrics and counted apart (`unboxed`); their text still counts in CER and WER.
 - Totals over many pages add up edits and lengths (and pair counts) first and divide
   once: they are not means of per-page ratios.
 """
@@ -164,13 +166,14 @@ def match_lines(
 ) -> LineMatch:
     """Pair lines (text, box) one to one by IoU with the optimal assignment.
 
-    Every line counts in `predicted`/`truth`; a line without a box can never be paired.
+    Lines without a box are not located, so they are left out here (see the module docstring).
     """
     import numpy as np
     from scipy.optimize import linear_sum_assignment
 
-    predicted_boxed = [i for i, (_, box) in enumerate(predicted) if box is not None]
-    truth_boxed = [j for j, (_, box) in enumerate(truth) if box is not None]
+    predicted = [line for line in predicted if line[1] is not None]
+    truth = [line for line in truth if line[1] is not None]
+    predicted_boxed, truth_boxed = list(range(len(predicted))), list(range(len(truth)))
     pairs: list[tuple[int, int, float]] = []
     if predicted_boxed and truth_boxed:
         overlap = np.array([[iou(predicted[i][1], truth[j][1]) for j in truth_boxed] for i in predicted_boxed])
@@ -202,6 +205,8 @@ class PageScore:
     words: Rate = Rate()
     words_unordered: Rate = Rate()
     lines: LineMatch | None = None
+    unboxed_predicted: int = 0
+    unboxed_truth: int = 0
 
     def __add__(self, other: PageScore) -> PageScore:
         if self.lines is None:
@@ -215,6 +220,8 @@ class PageScore:
             self.words + other.words,
             self.words_unordered + other.words_unordered,
             lines,
+            self.unboxed_predicted + other.unboxed_predicted,
+            self.unboxed_truth + other.unboxed_truth,
         )
 
     def to_dict(self) -> dict:
@@ -239,6 +246,8 @@ class PageScore:
                 "predicted_lines": lines.predicted,
                 "true_lines": lines.truth,
                 "paired_lines": lines.paired,
+                "unboxed_predicted_lines": self.unboxed_predicted,
+                "unboxed_true_lines": self.unboxed_truth,
             }
         return out
 
@@ -268,7 +277,14 @@ def score_lines(
         return score
     kept_truth = [(t, b) for t, b in truth if t.strip()]
     kept_predicted = [(t, b) for t, b in predicted if t.strip()]
-    return PageScore(score.chars, score.words, score.words_unordered, match_lines(kept_predicted, kept_truth, min_iou))
+    return PageScore(
+        score.chars,
+        score.words,
+        score.words_unordered,
+        match_lines(kept_predicted, kept_truth, min_iou),
+        sum(box is None for _, box in kept_predicted),
+        sum(box is None for _, box in kept_truth),
+    )
 
 
 def first_difference(predicted: Sequence[str], truth: Sequence[str]) -> tuple[int, str, str] | None:

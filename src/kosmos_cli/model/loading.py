@@ -104,15 +104,37 @@ def _unavailable(model: str, tried: str, reason: str) -> ModelUnavailable:
     )
 
 
-def load_model(model: str, revision: str | None, device: str, dtype, attn: str):
-    """Load (processor, model) from a local folder, the cache, or the hub, in that order.
+def _locate(model: str, revision: str | None) -> tuple[str, dict, str]:
+    """Where to load `model` from: (source, from_pretrained keyword arguments, what was tried).
 
     The hub is only tried when the model is not cached and the hub answers, so an
     offline machine gets the error at once instead of after minutes of retries.
     """
+    from transformers import AutoConfig
+
+    local = Path(model).expanduser()
+    kwargs: dict = {"revision": revision}
+    if local.is_dir():
+        return str(local), kwargs, f"local folder {local}"
+    if _looks_like_path(model) or local.exists():
+        raise _unavailable(model, f"local folder {local}", "no such folder")
+    source, tried = model, f"Hugging Face cache for {model}"
+    try:
+        AutoConfig.from_pretrained(source, local_files_only=True, **kwargs)
+        kwargs["local_files_only"] = True
+    except OSError:
+        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+            raise _unavailable(model, tried, "not in the local cache and HF_HUB_OFFLINE is set") from None
+        tried += " and the Hugging Face hub"
+        if not _hub_reachable():
+            raise _unavailable(model, tried, "not cached, and the Hugging Face hub is unreachable") from None
+    return source, kwargs, tried
+
+
+def _import_transformers():
     try:
         import torch  # noqa: F401
-        from transformers import AutoConfig, AutoProcessor, Kosmos2_5ForConditionalGeneration
+        import transformers
         from transformers.utils import logging as transformers_logging
     except ImportError as exc:
         raise ModelUnavailable(f"cannot import {exc.name}: run 'make install' to install the dependencies") from None
@@ -120,29 +142,37 @@ def load_model(model: str, revision: str | None, device: str, dtype, attn: str):
     # Our own messages say what is loading; transformers' bars and notices would clutter stderr.
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
-    local = Path(model).expanduser()
-    kwargs = {"revision": revision}
-    if local.is_dir():
-        source, tried = str(local), f"local folder {local}"
-    elif _looks_like_path(model) or local.exists():
-        raise _unavailable(model, f"local folder {local}", "no such folder")
-    else:
-        source, tried = model, f"Hugging Face cache for {model}"
-        try:
-            AutoConfig.from_pretrained(source, local_files_only=True, **kwargs)
-            kwargs["local_files_only"] = True
-        except OSError:
-            if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-                raise _unavailable(model, tried, "not in the local cache and HF_HUB_OFFLINE is set") from None
-            tried += " and the Hugging Face hub"
-            if not _hub_reachable():
-                raise _unavailable(model, tried, "not cached, and the Hugging Face hub is unreachable") from None
+    return transformers
+
+
+def load_processor(model: str, revision: str | None = None):
+    """Load (processor, config) without the weights: enough to count a target's tokens and
+    know the text model's limits before the model itself is loaded."""
+    transformers = _import_transformers()
+    return _load_processor(transformers, model, _locate(model, revision))
+
+
+def _load_processor(transformers, model: str, located: tuple[str, dict, str]):
+    source, kwargs, tried = located
     try:
-        config = AutoConfig.from_pretrained(source, **kwargs)
+        config = transformers.AutoConfig.from_pretrained(source, **kwargs)
         if config.model_type != "kosmos-2.5":
             raise _unavailable(model, tried, f"it is a '{config.model_type}' model, not KOSMOS-2.5")
-        processor = AutoProcessor.from_pretrained(source, **kwargs)
-        loaded = Kosmos2_5ForConditionalGeneration.from_pretrained(
+        processor = transformers.AutoProcessor.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise _unavailable(model, tried, reason) from None
+    return processor, config
+
+
+def load_model(model: str, revision: str | None, device: str, dtype, attn: str):
+    """Load (processor, model) from a local folder, the cache, or the hub, in that order."""
+    transformers = _import_transformers()
+    located = _locate(model, revision)
+    processor, _config = _load_processor(transformers, model, located)
+    source, kwargs, tried = located
+    try:
+        loaded = transformers.Kosmos2_5ForConditionalGeneration.from_pretrained(
             source, dtype=dtype, attn_implementation=attn, **kwargs
         )
     except (OSError, ValueError, KeyError) as exc:

@@ -58,6 +58,7 @@ class PlainReporter:
 
     def started(self, total_inputs: int) -> None:
         self.total = total_inputs
+        self.position = 0  # a second run through the same reporter (eval --baseline) counts afresh
 
     def document_started(self, doc: Document) -> None:
         self.document_started_at = time.monotonic()
