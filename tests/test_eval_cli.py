@@ -110,3 +110,29 @@ def test_markdown_with_a_baseline_side_by_side(tmp_path, trained_model, random_m
     assert report["baseline"]["model"] == str(random_model) and report["baseline"]["cer"] > 0
     assert report["pages"][0]["baseline"]["cer"] == report["baseline"]["cer"]
     assert "baseline CER" in result.stdout
+
+
+def test_readme_eval_options_match_help():
+    import re
+    from pathlib import Path
+
+    from typer.main import get_command
+
+    from kosmos_cli import cli
+
+    command = get_command(cli.app).commands["eval"]
+    in_help = {opt for param in command.params if param.rich_help_panel == cli.EVAL for opt in param.opts}
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## How good is it on my documents?") :]
+    table = section[section.index("| option | default | meaning |") :].split("\n\n", 1)[0]
+    in_readme = {re.match(r"\| `(--[\w-]+)", row).group(1) for row in table.splitlines()[3:]}
+    assert in_readme == in_help
+    # Every other option of eval is one of ocr's, with the same meaning.
+    ocr = {opt for param in get_command(cli.app).commands["ocr"].params for opt in param.opts}
+    assert {opt for param in command.params if param.rich_help_panel != cli.EVAL for opt in param.opts} <= ocr
+
+
+def test_unusable_report_name_is_a_usage_error(tmp_path):
+    image(tmp_path / "a.png")
+    result = run_cli("eval", str(tmp_path / "a.png"), "--report", str(tmp_path / "r.csv"))
+    assert result.returncode == 2 and "use a .json or .tsv file name" in result.stderr

@@ -385,22 +385,11 @@ def _route_library_messages(verbose: bool, reporter: PlainReporter) -> None:
 
 def _run(build_job: Callable[[], Job], quiet: bool, verbose: bool, max_new_tokens: int) -> None:
     from .run.app import execute
-    from .run.progress import format_summary, make_reporter
+    from .run.progress import format_summary
 
-    reporter = make_reporter(quiet=quiet, max_new_tokens=max_new_tokens)
-    _route_library_messages(verbose, reporter)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        job = build_job()
-        summary = execute(job, reporter, stdin=sys.stdin.buffer if "-" in job.paths else None)
-    except KosmosError as error:
-        reporter.close()
-        reporter.error(error.message)
-        raise typer.Exit(int(error.exit_code)) from None
-    except KeyboardInterrupt:
-        reporter.close()
-        reporter.error("interrupted before any page was read")
-        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+    reporter = _start(quiet, verbose, max_new_tokens)
+    job = _guarded(reporter, build_job)
+    summary = _guarded(reporter, lambda: execute(job, reporter, stdin=sys.stdin.buffer if "-" in job.paths else None))
     reporter.close()
     if summary.interrupted:
         reporter.error(f"interrupted: {format_summary(summary)}; run the same command again to finish the rest")
