@@ -75,21 +75,26 @@ def test_bad_pairs_are_reported_before_the_model_loads_and_the_rest_scored(tmp_p
     (data / "outside.json").write_text(truth_json([("x", [300, 100, 450, 150])]))
     image(data / "sub" / "broken.png")
     (data / "sub" / "broken.png.xml").write_text("<alto><unclosed>")
-    result = run_cli("eval", str(data), "--model", str(trained_model), "--report", str(tmp_path / "r.tsv"))
+    image(data / "long.png")
+    (data / "long.txt").write_text("x" * 120 + "\n")  # byte-level tokenizer: 120 + newline + end token
+    result = run_cli("eval", str(data), "--model", str(trained_model), "--report", str(tmp_path / "r.tsv"),
+                     "--max-new-tokens", "100")  # fmt: skip
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert any("missing.png: no ground truth found" in line for line in errors), errors
     assert any("outside.png: page 1" in line and "outside the 400x200 page" in line for line in errors), errors
     assert any("broken.png.xml: not well-formed XML" in line for line in errors), errors
+    assert any("long.png: page 1: its ground truth takes 122 tokens, more than --max-new-tokens 100" in line
+               for line in errors), errors  # fmt: skip
     # Every check happened before the model was loaded.
     model_line = next(i for i, line in enumerate(result.stderr.splitlines()) if "on cpu" in line)
-    assert all(result.stderr.splitlines().index(line) < model_line for line in errors[:3])
+    assert all(result.stderr.splitlines().index(line) < model_line for line in errors[:4])
     rows = [row.split("\t") for row in (tmp_path / "r.tsv").read_text().splitlines()]
     assert rows[0][:5] == ["source", "page", "cer", "wer", "wer_unordered"]
     assert [(row[0], row[1], row[2]) for row in rows[1:]] == [(str(data / "good.png"), "1", "0.0")]
 
 
-def test_a_target_longer_than_max_new_tokens_is_refused_without_loading_the_model(tmp_path, trained_model):
+def test_nothing_to_score_loads_no_model(tmp_path, trained_model):
     image(tmp_path / "receipt.png")
     (tmp_path / "receipt.txt").write_text("TOTAL 12.50\nClipped box\nDegenerate box\n")
     result = run_cli("eval", str(tmp_path / "receipt.png"), "--model", str(trained_model), "--max-new-tokens", "20")

@@ -10,7 +10,7 @@ from kosmos_cli.parsing import encode_box, format_ocr_target, parse_ocr, resized
 from kosmos_cli.results import BBox
 
 
-@pytest.mark.parametrize(("width", "height"), [(400, 200), (37, 1001), (999, 333), (1241, 1755), (17, 17)])
+@pytest.mark.parametrize(("width", "height"), [(400, 200), (37, 1001), (1241, 1755), (17, 17)])
 def test_resized_size_is_the_processors(width, height):
     from PIL import Image
     from transformers import Kosmos2_5ImageProcessor

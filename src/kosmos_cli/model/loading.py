@@ -6,6 +6,7 @@ torch and transformers are imported inside functions so that `--help` stays inst
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -14,6 +15,8 @@ from urllib.parse import urlparse
 from ..errors import ModelUnavailable, UsageError
 
 DEFAULT_MODEL = "microsoft/kosmos-2.5"
+# A LoRA adapter folder (kosmos25 train --method lora) holds this file naming its base model.
+ADAPTER_CONFIG = "adapter_config.json"
 MODEL_ENV_VAR = "KOSMOS25_MODEL"
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 ATTENTION_KINDS = ("sdpa", "eager", "flash_attention_2")
@@ -145,17 +148,38 @@ def _import_transformers():
     return transformers
 
 
+def adapter_base(model: str) -> str | None:
+    """The base model a LoRA adapter folder names, or None when `model` is not an adapter."""
+    path = Path(model).expanduser() / ADAPTER_CONFIG
+    if not path.is_file():
+        return None
+    try:
+        base = json.loads(path.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError) as exc:
+        raise _unavailable(model, f"adapter {path}", f"cannot read it ({exc})") from None
+    if not base:
+        raise _unavailable(model, f"adapter {path}", "it names no base_model_name_or_path")
+    return base
+
+
 def load_processor(model: str, revision: str | None = None):
     """Load (processor, config) without the weights: enough to count a target's tokens and
-    know the text model's limits before the model itself is loaded."""
+    know the text model's limits before the model itself is loaded.
+
+    For a LoRA adapter folder: its own processor (saved with it) and its base model's config.
+    """
     transformers = _import_transformers()
+    base = adapter_base(model)
+    if base is not None:
+        _processor, config = load_processor(base)
+        return _load_processor(transformers, model, (str(Path(model).expanduser()), {}, f"adapter {model}"), config)
     return _load_processor(transformers, model, _locate(model, revision))
 
 
-def _load_processor(transformers, model: str, located: tuple[str, dict, str]):
+def _load_processor(transformers, model: str, located: tuple[str, dict, str], config=None):
     source, kwargs, tried = located
     try:
-        config = transformers.AutoConfig.from_pretrained(source, **kwargs)
+        config = config or transformers.AutoConfig.from_pretrained(source, **kwargs)
         if config.model_type != "kosmos-2.5":
             raise _unavailable(model, tried, f"it is a '{config.model_type}' model, not KOSMOS-2.5")
         processor = transformers.AutoProcessor.from_pretrained(source, **kwargs)
@@ -166,8 +190,15 @@ def _load_processor(transformers, model: str, located: tuple[str, dict, str]):
 
 
 def load_model(model: str, revision: str | None, device: str, dtype, attn: str):
-    """Load (processor, model) from a local folder, the cache, or the hub, in that order."""
+    """Load (processor, model) from a local folder, the cache, or the hub, in that order.
+
+    A LoRA adapter folder loads its base model the same way, then the adapter, merged
+    into the weights (inference then runs at the base model's speed).
+    """
     transformers = _import_transformers()
+    base = adapter_base(model)
+    if base is not None:
+        return _load_adapter(model, base, device, dtype, attn)
     located = _locate(model, revision)
     processor, _config = _load_processor(transformers, model, located)
     source, kwargs, tried = located
@@ -179,3 +210,18 @@ def load_model(model: str, revision: str | None, device: str, dtype, attn: str):
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise _unavailable(model, tried, reason) from None
     return processor, loaded.to(device).eval()
+
+
+def _load_adapter(model: str, base: str, device: str, dtype, attn: str):
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise _unavailable(model, f"adapter {model}", "it is a LoRA adapter and peft is not installed "
+                           "(pip install 'kosmos25[train]')") from None  # fmt: skip
+    processor, _config = load_processor(model)
+    _base_processor, loaded = load_model(base, None, "cpu", dtype, attn)
+    try:
+        merged = PeftModel.from_pretrained(loaded, str(Path(model).expanduser())).merge_and_unload()
+    except (OSError, ValueError, KeyError) as exc:
+        raise _unavailable(model, f"adapter {model} on {base}", str(exc).strip().splitlines()[0]) from None
+    return processor, merged.to(device).eval()
