@@ -14,7 +14,7 @@ from conftest import run_cli
 from kosmos_cli.evaluation.groundtruth import PageTruth
 from kosmos_cli.inputs.documents import Document, PageGeometry
 from kosmos_cli.training.examples import IGNORE, Example, collate, sequence_and_labels
-from kosmos_cli.training.loop import TrainPage, split_pages
+from kosmos_cli.training.loop import EarlyStopping, TrainPage, split_pages
 
 NEW_ANSWER = [("HELLO 7", [18, 9, 200, 45])]
 
@@ -75,6 +75,14 @@ def test_split_is_seeded_and_holds_out_at_least_one_page():
     assert split_pages(pages, 0.0, seed=0) == (pages, [])
 
 
+def test_early_stopping_waits_patience_evaluations():
+    stopper = EarlyStopping(patience=2)
+    assert [stopper.update(loss) for loss in (3.0, 2.0, 2.5, 1.5, 1.6, 1.5)] == [
+        (True, False), (True, False), (False, False), (True, False), (False, False), (False, True)
+    ]
+    assert stopper.best == 1.5
+
+
 def _new_answer_image(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (400, 200), "white").save(folder / "new.png")
@@ -107,10 +115,15 @@ def test_full_fine_tune_learns_a_new_answer_and_eval_scores_it(tmp_path, trained
 @pytest.mark.model
 def test_lora_adapter_loads_through_model_and_merges(tmp_path, trained_model):
     image = _new_answer_image(tmp_path / "data")
+    Image.new("RGB", (300, 300), "white").save(tmp_path / "data" / "other.png")
+    (tmp_path / "data" / "other.txt").write_text("HELLO 7\n")  # text-only ground truth trains too
     run = tmp_path / "run"
-    result = run_cli("train", str(image), "-o", str(run), "--model", str(trained_model), "--max-steps", "2",
-                     "--val-split", "0", "--lora-rank", "4")  # fmt: skip
+    result = run_cli("train", str(tmp_path / "data"), "-o", str(run), "--model", str(trained_model),
+                     "--epochs", "2", "--val-split", "0.5", "--lora-rank", "4")  # fmt: skip
     assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if "val_loss" in r] == [1, 2]  # one page trains, one validates
+    assert len(json.loads((run / "config.json").read_text())["pages_validation"]) == 1
     adapter = json.loads((run / "best" / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == str(trained_model.resolve())
     read = run_cli("ocr", str(image), "--model", str(run / "best"))

@@ -85,6 +85,23 @@ class TrainSummary:
                 "failures": [failure.to_dict() for failure in self.failures]}  # fmt: skip
 
 
+@dataclass
+class EarlyStopping:
+    """Tracks the best loss; `update` says whether a loss is a new best and whether to stop
+    (`patience` evaluations in a row without a better one)."""
+
+    patience: int
+    best: float = math.inf
+    stale: int = 0
+
+    def update(self, loss: float) -> tuple[bool, bool]:
+        if loss < self.best:
+            self.best, self.stale = loss, 0
+            return True, False
+        self.stale += 1
+        return False, self.stale >= self.patience
+
+
 def split_pages(pages: list[TrainPage], val_split: float, seed: int) -> tuple[list[TrainPage], list[TrainPage]]:
     """(training, validation) pages: a seeded shuffle, `val_split` of them (at least one when
     asked for and there are two pages or more) held out."""
@@ -235,7 +252,9 @@ def train(job: TrainJob, reporter: PlainReporter) -> TrainSummary:
     write_atomic(job.run_dir / "config.json", json.dumps(settings, indent=2) + "\n")
     reporter.info(f"training {job.method} on {len(training)} page(s), validating on {len(validation)}, {device}")
     rng = random.Random(job.seed)
-    step, epoch, best, stale, stopped_early = 0, 0, math.inf, 0, False
+    step, epoch, stopped_early = 0, 0, False
+    # Without a validation set, "best" follows the epoch's training loss and never stops the run.
+    stopper = EarlyStopping(job.patience if validation else 10**9)
     max_steps = job.max_steps if job.max_steps is not None else math.inf
     started = time.monotonic()
     while epoch < job.epochs and step < max_steps:
@@ -262,18 +281,16 @@ def train(job: TrainJob, reporter: PlainReporter) -> TrainSummary:
         score = _validation_loss(model, validation, examples, pad_id, device, dtype) if validation else epoch_loss / micro
         _log(metrics, {"epoch": epoch, "step": step, "val_loss" if validation else "epoch_train_loss": round(score, 6)})
         reporter.info(f"epoch {epoch}, step {step}: {'validation' if validation else 'training'} loss {score:.4f}")
-        if score < best:
-            best, stale = score, 0
+        improved, stop = stopper.update(score)
+        if improved:
             _save(model, processor, job.run_dir / "best", job.model)
-        else:
-            stale += 1
-            if validation and stale >= job.patience:
-                stopped_early = True
-                reporter.info(f"no better validation loss for {stale} epochs: stopping early")
-                break
+        if stop:
+            stopped_early = True
+            reporter.info(f"no better validation loss for {stopper.stale} epochs: stopping early")
+            break
     _save(model, processor, job.run_dir / "last", job.model)
-    summary = TrainSummary(step, epoch, None if best == math.inf else best, stopped_early, job.run_dir, tuple(failures))
-    return summary
+    best = None if stopper.best == math.inf else stopper.best
+    return TrainSummary(step, epoch, best, stopped_early, job.run_dir, tuple(failures))
 
 
 def _with_lora(model, rank: int):
