@@ -133,3 +133,18 @@ def test_lora_adapter_loads_through_model_and_merges(tmp_path, trained_model):
     assert merged.returncode == 0, merged.stderr
     assert (tmp_path / "merged" / "model.safetensors").is_file()
     assert not (tmp_path / "merged" / "adapter_config.json").exists()
+
+
+def test_readme_training_options_match_help():
+    import re
+
+    from typer.main import get_command
+
+    from kosmos_cli import cli
+
+    command = get_command(cli.app).commands["train"]
+    in_help = {opt for param in command.params if param.rich_help_panel == cli.TRAINING for opt in param.opts}
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Teaching it my documents") :]
+    table = section[section.index("| option | default | meaning |") :].split("\n\n", 1)[0]
+    assert {re.match(r"\| `(--[\w-]+)", row).group(1) for row in table.splitlines()[3:]} == in_help
