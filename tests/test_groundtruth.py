@@ -139,3 +139,21 @@ def test_markdown_pages(tmp_path):
     (tmp_path / "doc.md").write_text("<!-- page 1 -->\n\n# One\n\n<!-- page 2 -->\n\n# Two\n")
     truth = load_document_truth(doc_for(pdf), "md", PageOptions(dpi=50))
     assert [truth.pages[n].markdown.strip() for n in (1, 2)] == ["# One", "# Two"]
+
+
+@pytest.mark.parametrize("dpi", [77, 300])
+def test_pdf_page_sizes_without_rendering_match_the_rendering(tmp_path, dpi):
+    import pikepdf
+
+    from kosmos_cli.inputs.documents import iter_pages, page_geometry
+
+    pdf = pikepdf.new()
+    pdf.add_blank_page(page_size=(595.28, 841.89))  # A4: sizes that are not whole pixels
+    pdf.add_blank_page(page_size=(612, 792))
+    pdf.pages[1].Rotate = 90  # letter, turned: the sides swap
+    pdf.save(tmp_path / "a4.pdf")
+    doc = doc_for(tmp_path / "a4.pdf")
+    options = PageOptions(dpi=dpi, pages=frozenset({1, 2}))
+    total, geometry = page_geometry(doc, options)
+    assert total == 2
+    assert [(g.width, g.height) for g in geometry] == [page.image.size for page in iter_pages(doc, options)]

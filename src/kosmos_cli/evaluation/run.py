@@ -153,7 +153,11 @@ def gather_truth(
 
 
 def check_lengths(job: EvalJob, documents: list[Document], truths: dict[int, DocumentTruth]) -> None:
-    """Replace pages whose ground truth is longer than the model can write by a TargetTooLong."""
+    """Replace pages whose ground truth is longer than the model can write by a TargetTooLong.
+
+    Updates `truths` in place: the page's entry becomes its error, as `load_document_truth`
+    records the pages it rules out itself.
+    """
     from ..model.loading import load_processor
 
     processor, config = load_processor(job.runner.model, job.runner.revision)
@@ -215,7 +219,8 @@ def evaluate(job: EvalJob, reporter: PlainReporter) -> EvalReport:
     failures += truth_failures
     check_lengths(job, documents, truths)
     for doc in documents:
-        for number, page in truths.get(id(doc), DocumentTruth(Path(), "", {}, {})).pages.items():
+        truth = truths.get(id(doc))
+        for number, page in truth.pages.items() if truth else ():
             if isinstance(page, GroundTruthError):
                 failures.append(Failure(doc.source, number, page.message))
                 reporter.error(page.message)

@@ -7,6 +7,7 @@ that a 500-page PDF is never held in memory at once.
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 import tempfile
@@ -357,8 +358,8 @@ def _iter_pdf_pages(doc: Document, options: PageOptions) -> Iterator[Page]:
 class PageGeometry:
     """A page's number, its size in pixels as it will be read (after EXIF rotation, or
     rendered at `dpi`), and its resolution (PDF: the rendering dpi; image: what the file
-    states, or None). For PDFs the size is computed from the page box and may differ
-    from the rendered image by one pixel of rounding."""
+    states, or None). For PDFs the size is computed from the page box as pdftoppm does
+    (rounded up); a different renderer may differ from it by a pixel."""
 
     number: int
     width: int
@@ -412,8 +413,10 @@ def _pdf_geometry(doc: Document, options: PageOptions) -> tuple[int, list[PageGe
         match = re.match(r"\s*([\d.]+)\s*x\s*([\d.]+)\s*pts", entry.get("size", ""))
         if not match:
             raise CorruptInput(f"{doc.source}: page {number}: pdfinfo gives no page size")
-        width = round(float(match.group(1)) / 72 * options.dpi)
-        height = round(float(match.group(2)) / 72 * options.dpi)
+        # pdftoppm rounds a page's size in pixels up (A4 at 300 dpi: 2480.33 -> 2481); the
+        # small allowance keeps floating-point noise on whole sizes from adding a pixel.
+        width = math.ceil(float(match.group(1)) / 72 * options.dpi - 1e-6)
+        height = math.ceil(float(match.group(2)) / 72 * options.dpi - 1e-6)
         if entry.get("rot", "0").strip() in ("90", "270"):
             width, height = height, width
         pages.append(PageGeometry(number, width, height, float(options.dpi)))
