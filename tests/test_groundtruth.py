@@ -157,3 +157,15 @@ def test_pdf_page_sizes_without_rendering_match_the_rendering(tmp_path, dpi):
     total, geometry = page_geometry(doc, options)
     assert total == 2
     assert [(g.width, g.height) for g in geometry] == [page.image.size for page in iter_pages(doc, options)]
+
+
+def test_image_page_sizes_follow_exif_rotation_and_tiff_frames(tmp_path):
+    from images import exif_rotated_jpeg, multipage_tiff
+
+    from kosmos_cli.inputs.documents import iter_pages, page_geometry
+
+    for path in (exif_rotated_jpeg(tmp_path / "phone.jpg"), multipage_tiff(tmp_path / "pages.tif")):
+        doc = doc_for(path)
+        total, geometry = page_geometry(doc, PageOptions())
+        pages = list(iter_pages(doc, PageOptions()))
+        assert total == len(pages) and [(g.width, g.height) for g in geometry] == [p.image.size for p in pages]
