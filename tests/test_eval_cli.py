@@ -101,6 +101,7 @@ def test_nothing_to_score_loads_no_model(tmp_path, trained_model):
     assert result.returncode == 1
     assert "its ground truth takes 40 tokens, more than --max-new-tokens 20" in result.stderr
     assert "on cpu" not in result.stderr  # nothing left to read: the model never loaded
+    assert result.stdout.strip() == "no page was scored"
 
 
 def test_markdown_with_a_baseline_side_by_side(tmp_path, trained_model, random_model):

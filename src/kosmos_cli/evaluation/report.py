@@ -73,6 +73,9 @@ def print_table(report: EvalReport, stream: TextIO, terminal: bool = False) -> N
     from rich.table import Table
 
     console = Console(file=stream, highlight=False, width=None if terminal else 160, force_terminal=terminal)
+    if not report.pages:
+        console.print("no page was scored", markup=False)
+        return
     lines = report.task == "ocr" and any(page.result.score.lines is not None for page in report.pages)
     names = ["CER", "WER", "WER (any order)"] + (["line F1", "mean IoU"] if lines else [])
     title = f"{report.model} on {len(report.pages)} page{'s' * (len(report.pages) != 1)} ({report.task})"

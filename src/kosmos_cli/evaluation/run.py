@@ -101,11 +101,13 @@ class EvalReport:
         return ExitCode.SOME_FAILED if self.failures else ExitCode.OK
 
     def to_dict(self) -> dict[str, Any]:
+        # With no page scored there is no rate to give: null, not a perfect 0.
+        unscored = {"cer": None, "wer": None, "wer_unordered": None}
         summary = {"model": self.model, "task": self.task, "iou_threshold": self.iou, "pages": len(self.pages),
-                   "failed": len(self.failures)} | self.summary.to_dict()  # fmt: skip
+                   "failed": len(self.failures)} | (self.summary.to_dict() if self.pages else unscored)  # fmt: skip
         out: dict[str, Any] = {"summary": summary}
         if self.baseline_model is not None:
-            out["baseline"] = {"model": self.baseline_model} | self.baseline_summary.to_dict()
+            out["baseline"] = {"model": self.baseline_model} | (self.baseline_summary.to_dict() if self.pages else unscored)
         out["pages"] = [page.to_dict() for page in self.pages]
         out["failures"] = [failure.to_dict() for failure in self.failures]
         return out
