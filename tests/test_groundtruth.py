@@ -75,7 +75,7 @@ def test_candidate_names_and_mirrored_truth_folder(tmp_path):
     doc = doc_for(image, "sub/a")
     names = [p.name for p in candidate_paths(doc, "ocr")]
     assert names[:2] == ["a.png.json", "a.png.xml"] and names[5:7] == ["a.json", "a.xml"]
-    assert [p.name for p in candidate_paths(doc, "md")] == ["a.png.json", "a.png.md", "a.png.txt", "a.json", "a.md", "a.txt"]
+    assert [p.name for p in candidate_paths(doc, "md")] == ["a.png.md", "a.png.json", "a.png.txt", "a.md", "a.json", "a.txt"]
     (image.parent / "a.json").write_text("{}")
     (image.parent / "a.png.txt").write_text("x")
     assert find_truth(doc, "ocr") == image.parent / "a.png.txt"  # the full name wins over the stem

@@ -28,7 +28,8 @@ from ..results import BBox
 # Looked for in this order, for an input `a.png`: `a.png<suffix>` first, then `a<suffix>`.
 TRUTH_SUFFIXES = {
     "ocr": (".json", ".xml", ".hocr", ".html", ".txt"),
-    "md": (".json", ".md", ".txt"),
+    # .md first: next to a scan, a.json is more likely `ocr`'s output than `md --format json`'s.
+    "md": (".md", ".json", ".txt"),
 }
 # Rounding (unit conversion, a PDF page's size computed rather than rendered) may put a
 # correct box this many pixels past the page's edge; such boxes are clipped, not refused.
