@@ -30,6 +30,8 @@ def format_summary(summary: RunSummary) -> str:
         text += f"; {summary.truncated_pages} truncated (raise --max-new-tokens)"
     if summary.looping_pages:
         text += f"; {summary.looping_pages} stopped repeating"
+    if summary.failed_pages:
+        text += f"; {summary.failed_pages} page{'s' * (summary.failed_pages != 1)} failed (run again to retry)"
     return text
 
 
@@ -84,6 +86,24 @@ class PlainReporter:
     def document_failed(self, source: str, error: InputError) -> None:
         self._advance()
         self.error(error.message)
+
+    def page_failed(self, doc: Document, error: InputError) -> None:
+        """One page could not be read; its document goes on without it."""
+        self.error(error.message)
+
+    def document_incomplete(self, doc: Document, result: DocumentResult | None, written: object) -> None:
+        """A document finished with pages missing: written without them, or (no page
+        read at all) not written; its page errors were already reported."""
+        self._advance()
+        if result is None:
+            return
+        failed = [page.page for page in result.failed_pages]
+        read = len(result.pages) - len(failed)
+        numbers = ", ".join(map(str, failed))
+        self.error(
+            f"{doc.source}: {read} of {len(result.pages)} pages written{f' to {written}' if written else ''}; "
+            f"page{'s' * (len(failed) != 1)} {numbers} failed (run the same command again to retry)"
+        )
 
     def document_skipped(self, doc: Document) -> None:
         self.info(f"{self._advance()} {doc.source}: skipped, output exists (--overwrite to redo)")
@@ -150,6 +170,10 @@ class RichReporter(PlainReporter):
 
     def document_failed(self, source: str, error: InputError) -> None:
         super().document_failed(source, error)
+        self._update(advance=1)
+
+    def document_incomplete(self, doc: Document, result: DocumentResult | None, written: object) -> None:
+        super().document_incomplete(doc, result, written)
         self._update(advance=1)
 
     def document_skipped(self, doc: Document) -> None:
