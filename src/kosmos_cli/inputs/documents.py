@@ -199,6 +199,19 @@ def iter_page_outcomes(doc: Document, options: PageOptions) -> Iterator[Page | P
         yield from _iter_image_pages(doc, options)
 
 
+def selected_pages(doc: Document, options: PageOptions) -> list[int] | None:
+    """The page numbers `iter_pages` would read from a PDF file on disk, or None when
+    that cannot be told cheaply and safely (not a PDF file, unreadable, pages out of
+    range): the caller then reads the document as one piece and its errors come then."""
+    if doc.path is None or not doc.is_pdf:
+        return None
+    try:
+        info = _pdf_info(doc, doc.path, options.password)
+        return _selected(doc, int(info["Pages"]), options.pages)
+    except (InputError, KeyError, ValueError):
+        return None
+
+
 def _selected(doc: Document, total: int, selection: frozenset[int] | None) -> list[int]:
     if selection is None:
         return list(range(1, total + 1))

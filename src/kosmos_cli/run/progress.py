@@ -87,7 +87,7 @@ class PlainReporter:
         self._advance()
         self.error(error.message)
 
-    def page_failed(self, doc: Document, error: InputError) -> None:
+    def page_failed(self, doc: Document, page: int, error: InputError) -> None:
         """One page could not be read; its document goes on without it."""
         self.error(error.message)
 
