@@ -134,6 +134,9 @@ Workers = Annotated[
     typer.Option(min=1, metavar="N", rich_help_panel=RAY,
                  help="With --ray: workers, each loading the model once. Default: one per GPU, else a few."),  # fmt: skip
 ]
+PagesPerTask = Annotated[
+    int, typer.Option(min=1, metavar="N", rich_help_panel=RAY, help="With --ray: a long PDF is shared out N pages at a time.")
+]
 GpusPerWorker = Annotated[
     float, typer.Option(min=0.0, metavar="X", rich_help_panel=RAY, help="With --ray: GPUs for each worker (GPU clusters).")
 ]
@@ -181,6 +184,7 @@ def ocr(
     ray: Ray = None,
     workers: Workers = None,
     gpus_per_worker: GpusPerWorker = 1.0,
+    pages_per_task: PagesPerTask = 32,
 ) -> None:
     """Every text line with its bounding box, in the original image's pixels."""
     _run(
@@ -191,7 +195,7 @@ def ocr(
             batch_size=batch_size,
             page_options=_page_options(pages, dpi, password, max_pixels),
             runner=_runner_settings(model, revision, device, dtype, attn, max_new_tokens, max_patches),
-            ray=_ray_options(ray, workers, gpus_per_worker, verbose),
+            ray=_ray_options(ray, workers, gpus_per_worker, pages_per_task, verbose),
         ),
         quiet=quiet,
         verbose=verbose,
@@ -224,6 +228,7 @@ def md(
     ray: Ray = None,
     workers: Workers = None,
     gpus_per_worker: GpusPerWorker = 1.0,
+    pages_per_task: PagesPerTask = 32,
 ) -> None:
     """The page as markdown."""
     _run(
@@ -234,7 +239,7 @@ def md(
             batch_size=batch_size,
             page_options=_page_options(pages, dpi, password, max_pixels),
             runner=_runner_settings(model, revision, device, dtype, attn, max_new_tokens, max_patches),
-            ray=_ray_options(ray, workers, gpus_per_worker, verbose),
+            ray=_ray_options(ray, workers, gpus_per_worker, pages_per_task, verbose),
         ),
         quiet=quiet,
         verbose=verbose,
@@ -259,14 +264,15 @@ def _runner_settings(model: str | None, revision: str | None, device: str, dtype
     )
 
 
-def _ray_options(address: str | None, workers: int | None, gpus_per_worker: float, verbose: bool) -> RayOptions | None:
+def _ray_options(address: str | None, workers: int | None, gpus_per_worker: float, pages_per_task: int,
+                 verbose: bool) -> RayOptions | None:  # fmt: skip
     if address is None:
         if workers is not None:
             raise UsageError("--workers applies with --ray")
         return None
     if address and not is_ray_address(address):
         raise UsageError(f"--ray {address}: not a Ray address (auto, local, HOST:PORT or ray://HOST:PORT)")
-    return RayOptions(address=address, workers=workers, gpus_per_worker=gpus_per_worker, verbose=verbose)
+    return RayOptions(address, workers, gpus_per_worker, verbose, pages_per_task)
 
 
 def _input_paths(paths: list[str] | None, files_from: str | None, nul_separated: bool) -> tuple[str, ...]:

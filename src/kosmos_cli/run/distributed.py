@@ -151,13 +151,13 @@ class _UnitCollector:
 
     def __init__(self) -> None:
         self.results: dict[int, DocumentResult] = {}
-        self.errors: dict[int, InputError] = {}
+        self.errors: dict[str, InputError] = {}  # by source: what the pipeline reports them by
         self.failed_pages: dict[int, dict[int, InputError]] = {}
 
     def outcome(self, unit: WorkUnit) -> UnitOutcome:
         key = id(unit.doc)
-        if key in self.errors:
-            return UnitOutcome(unit.key, error=self.errors[key])
+        if unit.doc.source in self.errors:
+            return UnitOutcome(unit.key, error=self.errors[unit.doc.source])
         if key in self.results:
             return UnitOutcome(unit.key, pages=self.results[key].pages)
         # Not one page read: the pipeline wrote nothing, but the pages' errors are known.
@@ -194,7 +194,7 @@ class _UnitCollector:
         pass
 
     def document_failed(self, source: str, error: InputError) -> None:
-        pass
+        self.errors[source] = error
 
     def document_skipped(self, doc: Document) -> None:
         pass
