@@ -35,7 +35,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-INPUTS, OUTPUT, MODEL, SPEED, RAY = "Inputs", "Output", "Model", "Speed", "Many machines (Ray)"
+INPUTS, OUTPUT, MODEL, SPEED, RAY = "Inputs", "Output", "Model", "Speed", "Ray"
 
 OcrFormat = Enum("OcrFormat", {name: name for name in OCR_FORMATS}, type=str)
 MdFormat = Enum("MdFormat", {name: name for name in MD_FORMATS}, type=str)

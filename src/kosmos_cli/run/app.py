@@ -104,5 +104,5 @@ def _execute_on_ray(job: Job, documents: list[Document], missing: list[tuple[str
         summary.failed += 1
         reporter.document_failed(source, error)
     setup = WorkerSetup(job.runner, job.batch_size, job.task, job.page_options, drawer, job.ray.verbose)
-    run_on_ray(job.ray, setup, documents, sink, reporter, summary)
+    run_on_ray(job.ray, setup, documents, sink, reporter, summary, in_order=job.output.folder is None)
     return summary

@@ -210,6 +210,8 @@ class _DocWork:
     pages: dict[int, PageResult] = field(default_factory=dict)
     error: InputError | None = None
     started: bool = False
+    result: DocumentResult | None = None  # read, waiting for its turn to be written (stdout)
+    closed: bool = False
 
 
 @dataclass(eq=False)
@@ -223,7 +225,7 @@ class RayRun:
     """Drives one run on Ray: plans units, keeps the worker pool busy, merges and writes."""
 
     def __init__(self, options: RayOptions, setup: WorkerSetup, sink: Sink, reporter: Reporter, summary: RunSummary,
-                 group_size: int) -> None:  # fmt: skip
+                 group_size: int, in_order: bool) -> None:  # fmt: skip
         self.options = options
         self.setup = setup
         self.sink = sink
@@ -231,6 +233,10 @@ class RayRun:
         self.summary = summary
         self.group_size = group_size
         self.work: dict[int, _DocWork] = {}  # by unit key
+        # stdout takes documents in input order, as a local run writes them; files as they come.
+        self.in_order = in_order
+        self.order: list[_DocWork] = []
+        self.next_to_write = 0
         self.attempts: dict[int, int] = {}
         self.ray = None
 
@@ -269,6 +275,7 @@ class RayRun:
         for doc in documents:
             unfinished = self.sink.unfinished(doc, self.setup.task, self.setup.settings.model)
             work = _DocWork(doc, earlier=unfinished.done if unfinished else ())
+            self.order.append(work)
             wanted = unfinished.retry if unfinished else self.setup.page_options.pages
             numbers = selected_pages(doc, replace(self.setup.page_options, pages=wanted))
             size = self.options.pages_per_task
@@ -408,27 +415,41 @@ class RayRun:
             self._finish_document(work)
 
     def _finish_document(self, work: _DocWork) -> None:
+        """All of a document's units are back: fail it, or merge its pages for writing."""
+        work.closed = True
         if work.error is not None:
             self.summary.failed += 1
             self.sink.failed(work.doc, work.error)
             self.reporter.document_failed(work.doc.source, work.error)
+        else:
+            pages = {page.page: page for page in work.earlier}
+            pages.update(work.pages)
+            failed = [page for page in pages.values() if page.error is not None]
+            if failed and len(failed) == len(pages):
+                # Not one page read: nothing worth a file; the page errors were reported.
+                self.summary.failed += 1
+                self.sink.failed(work.doc, InputError(failed[0].error))
+                self.reporter.document_incomplete(work.doc, None, None)
+            else:
+                work.result = DocumentResult(
+                    source=work.doc.source,
+                    model=self.setup.settings.model,
+                    task=self.setup.task,
+                    pages=tuple(pages[number] for number in sorted(pages)),
+                )
+        if not self.in_order:
+            self._write(work)
             return
-        pages = {page.page: page for page in work.earlier}
-        pages.update(work.pages)
-        failed = [page for page in pages.values() if page.error is not None]
-        if failed and len(failed) == len(pages):
-            self.summary.failed += 1
-            self.sink.failed(work.doc, InputError(failed[0].error))
-            self.reporter.document_incomplete(work.doc, None, None)
+        while self.next_to_write < len(self.order) and self.order[self.next_to_write].closed:
+            self._write(self.order[self.next_to_write])
+            self.next_to_write += 1
+
+    def _write(self, work: _DocWork) -> None:
+        result, work.result = work.result, None
+        if result is None:
             return
-        result = DocumentResult(
-            source=work.doc.source,
-            model=self.setup.settings.model,
-            task=self.setup.task,
-            pages=tuple(pages[number] for number in sorted(pages)),
-        )
         written = self.sink.write(work.doc, result)
-        if failed:
+        if result.failed_pages:
             self.summary.failed += 1
             self.reporter.document_incomplete(work.doc, result, written)
         else:
@@ -469,7 +490,8 @@ def _connect(options: RayOptions):
 
 
 def run_on_ray(options: RayOptions, setup: WorkerSetup, documents: list[Document], sink: Sink, reporter: Reporter,
-               summary: RunSummary) -> None:  # fmt: skip
-    """Read `documents` on Ray into `sink`, filling `summary`, as a local run would."""
+               summary: RunSummary, in_order: bool = False) -> None:  # fmt: skip
+    """Read `documents` on Ray into `sink`, filling `summary`, as a local run would.
+    `in_order`: write documents in input order (stdout), not as they finish."""
     # Whole documents go a few to a task so their pages can share `generate` calls.
-    RayRun(options, setup, sink, reporter, summary, group_size=setup.batch_size or 4).run(documents)
+    RayRun(options, setup, sink, reporter, summary, group_size=setup.batch_size or 4, in_order=in_order).run(documents)

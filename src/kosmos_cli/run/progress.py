@@ -44,7 +44,8 @@ class PlainReporter:
         self.max_new_tokens = max_new_tokens
         self.total = 0
         self.position = 0
-        self.document_started_at = time.monotonic()
+        # By source: on Ray several documents are read at once.
+        self.document_started_at: dict[str, float] = {}
 
     def _say(self, text: str) -> None:
         print(f"{PREFIX}: {text}", file=self.stream, flush=True)
@@ -62,7 +63,7 @@ class PlainReporter:
         self.total = total_inputs
 
     def document_started(self, doc: Document) -> None:
-        self.document_started_at = time.monotonic()
+        self.document_started_at[doc.source] = time.monotonic()
 
     def page_done(self, doc: Document, page: int, raw: RawOutput) -> None:
         if raw.truncated:
@@ -78,7 +79,7 @@ class PlainReporter:
         return f"[{self.position}/{self.total}]"
 
     def document_done(self, doc: Document, result: DocumentResult, written: object) -> None:
-        elapsed = time.monotonic() - self.document_started_at
+        elapsed = time.monotonic() - self.document_started_at.pop(doc.source, time.monotonic())
         target = f" -> {written}" if written else ""
         pages = len(result.pages)
         self.info(f"{self._advance()} {doc.source}: {pages} page{'s' * (pages != 1)}{target} ({elapsed:.1f} s)")
