@@ -353,3 +353,17 @@ def test_readme_option_table_matches_help():
             continue
         in_readme[re.match(r"\| `(?:-\w, )?(--[\w-]+)", row).group(1)] = panel
     assert in_readme == in_help
+
+
+def test_ray_missing_is_exit_3_before_any_work(tmp_path):
+    """Without Ray installed, --ray stops with exit code 3 and says what to install."""
+    fake = tmp_path / "no-ray"
+    (fake / "ray").mkdir(parents=True)
+    (fake / "ray" / "__init__.py").write_text("raise ImportError('No module named ray')\n")
+    Image.new("RGB", (40, 20), "white").save(tmp_path / "a.png")
+    path = os.pathsep.join(filter(None, [str(fake), os.environ.get("PYTHONPATH")]))
+    result = run_cli("ocr", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--ray", env={"PYTHONPATH": path})
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.strip() == (
+        "kosmos25: error: --ray needs Ray, which is not installed: pip install 'kosmos25[ray]' (or 'make install')"
+    )

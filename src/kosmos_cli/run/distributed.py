@@ -389,8 +389,8 @@ class RayRun:
         for unit in reversed(task.units):
             self.attempts[unit.key] += 1
             if self.attempts[unit.key] >= self.options.max_attempts:
-                what = f"pages {_ranges(unit.pages)}" if unit.pages is not None else "it"
-                message = f"{unit.doc.source}: gave up after {self.attempts[unit.key]} tries: {reason} ({what})"
+                which = f" (pages {_ranges(unit.pages)})" if unit.pages is not None else ""
+                message = f"{unit.doc.source}: gave up after {self.attempts[unit.key]} tries: {reason}{which}"
                 self._finish_unit(UnitOutcome(unit.key, error=InputError(message)))
             else:
                 queue.appendleft(_Task([unit]))
