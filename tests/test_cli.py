@@ -367,3 +367,11 @@ def test_ray_missing_is_exit_3_before_any_work(tmp_path):
     assert result.stderr.strip() == (
         "kosmos25: error: --ray needs Ray, which is not installed: pip install 'kosmos25[ray]' (or 'make install')"
     )
+
+
+def test_ray_address_that_does_not_answer_is_exit_3_at_once(tmp_path):
+    pytest.importorskip("ray")
+    Image.new("RGB", (40, 20), "white").save(tmp_path / "a.png")
+    result = run_cli("ocr", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--ray", "127.0.0.1:1")
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.startswith("kosmos25: error: --ray: no Ray cluster answers at 127.0.0.1:1")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import warnings
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -131,6 +132,8 @@ class KosmosWorker:
     def read(self, units: list[WorkUnit]) -> list[UnitOutcome] | KosmosError:
         """Read `units` (sharing `generate` calls, like a local run); a run-wide error
         (an unwritable --draw folder) comes back as the error."""
+        if self.error is not None:  # a replacement worker that could not load the model
+            return self.error
         pages = units[0].pages
         options = self.setup.page_options if pages is None else replace(self.setup.page_options, pages=pages)
         collector = _UnitCollector()
@@ -480,6 +483,7 @@ def _connect(options: RayOptions):
         ) from None
     level = logging.INFO if options.verbose else logging.ERROR
     address = None if options.address == "" else options.address
+    _check_reachable(address if address is not None else os.environ.get("RAY_ADDRESS", ""))
     kwargs = {"include_dashboard": False} if address in (None, "local") else {}
     try:
         ray.init(address=address, logging_level=level, log_to_driver=options.verbose, **kwargs)
@@ -487,6 +491,19 @@ def _connect(options: RayOptions):
         where = options.address or os.environ.get("RAY_ADDRESS") or "a new local instance"
         raise ModelUnavailable(f"--ray: cannot start or join Ray at {where}: {str(exc).splitlines()[0]}") from None
     return ray
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds, with one line, when a HOST:PORT address does not answer: Ray itself
+    retries for minutes, printing its own log lines."""
+    hostport = address.removeprefix("ray://")
+    if not is_ray_address(hostport) or hostport in ("auto", "local"):
+        return
+    host, _, port = hostport.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise ModelUnavailable(f"--ray: no Ray cluster answers at {address} ({exc.strerror or exc})") from None
 
 
 def run_on_ray(options: RayOptions, setup: WorkerSetup, documents: list[Document], sink: Sink, reporter: Reporter,
