@@ -90,6 +90,28 @@ def test_a_killed_worker_is_replaced_and_its_work_redone(tmp_path, random_model,
     assert len(list((tmp_path / "out").glob("*.json"))) == 6
 
 
+def test_a_file_that_keeps_killing_workers_is_failed_after_3_tries(tmp_path, random_model, ray_address):
+    Image.new("RGB", (300, 200), "white").save(tmp_path / "poison.png")
+    args = [str(KOSMOS25), "ocr", str(tmp_path / "poison.png"), "-o", str(tmp_path / "out"),
+            "--model", str(random_model), "--max-new-tokens", "2000", "--ray", "--workers", "1"]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ray_address}
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
+    kills, deadline = 0, time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        pid = _busy_worker_pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)  # every worker that reads it dies
+            kills += 1
+            while _busy_worker_pid() == pid:
+                time.sleep(0.05)
+        time.sleep(0.05)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1, stderr
+    assert kills == 3
+    assert f"kosmos25: error: {tmp_path / 'poison.png'}: gave up after 3 tries: a worker died while reading it" in stderr
+    assert "0 done, 0 skipped, 1 failed" in stderr and not (tmp_path / "out" / "poison.json").exists()
+
+
 def _busy_worker_pid() -> int | None:
     """A Ray worker process in the middle of `KosmosWorker.read` (Ray names the process so)."""
     listing = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
