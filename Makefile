@@ -16,7 +16,7 @@ install: poppler
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt $(TORCH)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,ray]"
 	@echo "installed: $(BIN)/kosmos25 (activate with: . $(BIN)/activate)"
 
 # PDFs need poppler's pdftoppm; install it through apt when it is missing and apt is there.
@@ -42,7 +42,7 @@ test-latest: poppler
 	echo "torch==$(TORCH_VERSION)" > $(LATEST_VENV)/torch-pin.txt
 	$(LATEST_VENV)/bin/python -m pip install --quiet -c $(LATEST_VENV)/torch-pin.txt $(TORCH)
 	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager \
-		-c $(LATEST_VENV)/torch-pin.txt -e ".[dev]"
+		-c $(LATEST_VENV)/torch-pin.txt -e ".[dev,ray]"
 	@$(LATEST_VENV)/bin/python -c "import torch, transformers; print('testing with torch', torch.__version__, 'transformers', transformers.__version__)"
 	$(LATEST_VENV)/bin/python -m pytest -q
 

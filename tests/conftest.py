@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -47,8 +48,10 @@ def random_model() -> Path:
 
 
 def run_cli(*args: str, stdin: bytes | None = None, cwd: Path | None = None, env: dict | None = None):
-    """Run the installed `kosmos25` command; returns the CompletedProcess (text output)."""
+    """Run the installed `kosmos25` command; returns the CompletedProcess (text output).
+    `env` adds to (a value of None: removes from) the environment."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    full_env = {key: value for key, value in full_env.items() if value is not None}  # None: unset it
     full_env.pop("KOSMOS25_MODEL", None)
     result = subprocess.run(
         [str(KOSMOS25), *args],
@@ -61,3 +64,15 @@ def run_cli(*args: str, stdin: bytes | None = None, cwd: Path | None = None, env
     result.stdout = result.stdout.decode("utf-8")
     result.stderr = result.stderr.decode("utf-8")
     return result
+
+
+@pytest.fixture(scope="session")
+def ray_address() -> str:
+    """One local Ray instance for every Ray test; the CLI joins it through RAY_ADDRESS."""
+    # Loopback only on this machine: with this set, every Ray address is 127.0.0.1.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()

@@ -41,3 +41,12 @@ def encrypted_pdf(path: Path, password: str = "secret") -> Path:
         writer.write(handle)
     plain.unlink()
     return path
+
+
+def pdf_with_big_page(path: Path, big: int = 2) -> Path:
+    """A 3-page PDF at 100 dpi whose page `big` is 4 times wider and taller (1200x1600
+    pixels at --dpi 100) than the others (300x400): `--max-pixels` between the two sizes
+    makes that one page fail and the others read."""
+    frames = [Image.new("RGB", (1200, 1600) if number == big else (300, 400), "white") for number in (1, 2, 3)]
+    frames[0].save(path, save_all=True, append_images=frames[1:], resolution=100.0)
+    return path

@@ -65,8 +65,8 @@ def check_document(doc: dict, source: str, model: Path, task: str = "ocr") -> No
 
 
 def test_help_and_version_do_not_import_torch():
-    code = "import sys; from kosmos_cli import cli; print('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+    code = "import sys; from kosmos_cli import cli; print('torch' in sys.modules, 'ray' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False False"
     assert run_cli("--version").stdout.startswith("kosmos25 ")
     assert "ocr" in run_cli("--help").stdout
     module = subprocess.run([sys.executable, "-m", "kosmos_cli", "md", "--help"], capture_output=True, text=True)
@@ -353,3 +353,25 @@ def test_readme_option_table_matches_help():
             continue
         in_readme[re.match(r"\| `(?:-\w, )?(--[\w-]+)", row).group(1)] = panel
     assert in_readme == in_help
+
+
+def test_ray_missing_is_exit_3_before_any_work(tmp_path):
+    """Without Ray installed, --ray stops with exit code 3 and says what to install."""
+    fake = tmp_path / "no-ray"
+    (fake / "ray").mkdir(parents=True)
+    (fake / "ray" / "__init__.py").write_text("raise ImportError('No module named ray')\n")
+    Image.new("RGB", (40, 20), "white").save(tmp_path / "a.png")
+    path = os.pathsep.join(filter(None, [str(fake), os.environ.get("PYTHONPATH")]))
+    result = run_cli("ocr", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--ray", env={"PYTHONPATH": path})
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.strip() == (
+        "kosmos25: error: --ray needs Ray, which is not installed: pip install 'kosmos25[ray]' (or 'make install')"
+    )
+
+
+def test_ray_address_that_does_not_answer_is_exit_3_at_once(tmp_path):
+    pytest.importorskip("ray")
+    Image.new("RGB", (40, 20), "white").save(tmp_path / "a.png")
+    result = run_cli("ocr", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--ray", "127.0.0.1:1")
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.startswith("kosmos25: error: --ray: no Ray cluster answers at 127.0.0.1:1")

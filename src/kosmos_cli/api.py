@@ -153,7 +153,7 @@ def write(result: DocumentResult, path: str | Path, *, format: str | None = None
     path = Path(path)
     fmt = output_format(format or format_for_path(path), result.task)
     doc = _document(source if source is not None else result.source, 0)
-    write_atomic_bytes(path, fmt.render(doc, result, RenderOptions(image_dpi=image_dpi, password=password)))
+    write_atomic_bytes(path, fmt.render_result(doc, result, RenderOptions(image_dpi=image_dpi, password=password)))
     return path
 
 
@@ -193,6 +193,9 @@ class _Collector:
             self.finished[id(doc)] = InputNotFound(f"{doc.source}: no such file or directory")
             return True  # skip it; `take` raises its error in turn
         return False
+
+    def unfinished(self, doc: Document, task: str, model: str) -> None:
+        return None
 
     def write(self, doc: Document, result: DocumentResult) -> None:
         self.finished[id(doc)] = result

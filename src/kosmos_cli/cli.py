@@ -24,6 +24,7 @@ from .model.loading import default_model
 from .model.runner import RunnerSettings
 from .outputs.formats import MD_FORMATS, OCR_FORMATS, RenderOptions
 from .run.app import Job, OutputOptions
+from .run.distributed import RayOptions, is_ray_address, optional_ray_value
 from .run.progress import PREFIX, PlainReporter
 
 app = typer.Typer(
@@ -34,7 +35,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-INPUTS, OUTPUT, MODEL, SPEED, EVAL, TRAINING = "Inputs", "Output", "Model", "Speed", "Evaluation", "Training"
+INPUTS, OUTPUT, MODEL, SPEED, RAY = "Inputs", "Output", "Model", "Speed", "Ray"
+EVAL, TRAINING = "Evaluation", "Training"
 
 OcrFormat = Enum("OcrFormat", {name: name for name in OCR_FORMATS}, type=str)
 MdFormat = Enum("MdFormat", {name: name for name in MD_FORMATS}, type=str)
@@ -132,6 +134,24 @@ MaxPatches = Annotated[
     typer.Option(min=16, metavar="N", rich_help_panel=SPEED, help="Image patches per page (default 4096): fewer is faster."),
 ]
 
+Ray = Annotated[
+    Optional[str],
+    typer.Option("--ray", metavar="[ADDRESS]", rich_help_panel=RAY, show_default=False,
+                 help="Run on Ray: alone, $RAY_ADDRESS or a local instance; auto: the cluster on this machine; "
+                      "HOST:PORT or ray://HOST:PORT."),  # fmt: skip
+]
+Workers = Annotated[
+    Optional[int],
+    typer.Option(min=1, metavar="N", rich_help_panel=RAY,
+                 help="With --ray: workers, each loading the model once. Default: one per GPU, else a few."),  # fmt: skip
+]
+PagesPerTask = Annotated[
+    int, typer.Option(min=1, metavar="N", rich_help_panel=RAY, help="With --ray: a long PDF is shared out N pages at a time.")
+]
+GpusPerWorker = Annotated[
+    float, typer.Option(min=0.0, metavar="X", rich_help_panel=RAY, help="With --ray: GPUs for each worker (GPU clusters).")
+]
+
 
 def _version(value: bool) -> None:
     if value:
@@ -172,6 +192,10 @@ def ocr(
     batch_size: BatchSize = None,
     max_new_tokens: MaxNewTokens = 4096,
     max_patches: MaxPatches = None,
+    ray: Ray = None,
+    workers: Workers = None,
+    gpus_per_worker: GpusPerWorker = 1.0,
+    pages_per_task: PagesPerTask = 32,
 ) -> None:
     """Every text line with its bounding box, in the original image's pixels."""
     _run(
@@ -182,6 +206,7 @@ def ocr(
             batch_size=batch_size,
             page_options=_page_options(pages, dpi, password, max_pixels),
             runner=_runner_settings(model, revision, device, dtype, attn, max_new_tokens, max_patches),
+            ray=_ray_options(ray, workers, gpus_per_worker, pages_per_task, verbose),
         ),
         quiet=quiet,
         verbose=verbose,
@@ -211,6 +236,10 @@ def md(
     batch_size: BatchSize = None,
     max_new_tokens: MaxNewTokens = 4096,
     max_patches: MaxPatches = None,
+    ray: Ray = None,
+    workers: Workers = None,
+    gpus_per_worker: GpusPerWorker = 1.0,
+    pages_per_task: PagesPerTask = 32,
 ) -> None:
     """The page as markdown."""
     _run(
@@ -221,6 +250,7 @@ def md(
             batch_size=batch_size,
             page_options=_page_options(pages, dpi, password, max_pixels),
             runner=_runner_settings(model, revision, device, dtype, attn, max_new_tokens, max_patches),
+            ray=_ray_options(ray, workers, gpus_per_worker, pages_per_task, verbose),
         ),
         quiet=quiet,
         verbose=verbose,
@@ -433,6 +463,17 @@ def _runner_settings(model: str | None, revision: str | None, device: str, dtype
     )
 
 
+def _ray_options(address: str | None, workers: int | None, gpus_per_worker: float, pages_per_task: int,
+                 verbose: bool) -> RayOptions | None:  # fmt: skip
+    if address is None:
+        if workers is not None:
+            raise UsageError("--workers applies with --ray")
+        return None
+    if address and not is_ray_address(address):
+        raise UsageError(f"--ray {address}: not a Ray address (auto, local, HOST:PORT or ray://HOST:PORT)")
+    return RayOptions(address, workers, gpus_per_worker, verbose, pages_per_task)
+
+
 def _input_paths(paths: list[str] | None, files_from: str | None, nul_separated: bool) -> tuple[str, ...]:
     paths = list(paths or [])
     if files_from:
@@ -495,7 +536,7 @@ def _run(build_job: Callable[[], Job], quiet: bool, verbose: bool, max_new_token
 def run() -> None:
     """The `kosmos25` console script: the Typer app, with usage errors as one line on stderr."""
     try:
-        code = app(prog_name="kosmos25", standalone_mode=False)
+        code = app(args=optional_ray_value(sys.argv[1:]), prog_name="kosmos25", standalone_mode=False)
     except typer.TyperException as exc:  # the framework's usage errors (bad option value, unknown option)
         context = getattr(exc, "ctx", None)
         if type(exc).__name__ == "NoArgsIsHelpError" and context is not None:

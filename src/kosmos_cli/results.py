@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 
@@ -46,6 +46,8 @@ class PageResult:
     repeating itself and was stopped; the repeats were cut, one copy kept.
     `confidence`: geometric mean of the chosen tokens' probabilities over the page
     (set for md pages; OCR pages carry it per line).
+    `error`: why the page could not be read (then it has no lines or markdown, and
+    its size may be unknown: 0 x 0); None for a page that was read.
     """
 
     page: int
@@ -57,8 +59,16 @@ class PageResult:
     lines: tuple[Line, ...] = ()
     markdown: str | None = None
     confidence: float | None = None
+    error: str | None = None
+
+    @classmethod
+    def failed(cls, page: int, error: str) -> PageResult:
+        """A page that could not be read, recorded in place of its result."""
+        return cls(page=page, width=0, height=0, dpi=None, truncated=False, error=error)
 
     def to_dict(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"page": self.page, "error": self.error}
         out: dict[str, Any] = {
             "page": self.page,
             "width": self.width,
@@ -85,6 +95,17 @@ class DocumentResult:
     task: str
     pages: tuple[PageResult, ...]
 
+    @property
+    def failed_pages(self) -> tuple[PageResult, ...]:
+        """The pages that could not be read (each with its `error`)."""
+        return tuple(page for page in self.pages if page.error is not None)
+
+    def read_pages_only(self) -> DocumentResult:
+        """This result without its failed pages, for formats that cannot record a failure."""
+        if not self.failed_pages:
+            return self
+        return replace(self, pages=tuple(page for page in self.pages if page.error is None))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source,
@@ -92,3 +113,12 @@ class DocumentResult:
             "task": self.task,
             "pages": [page.to_dict() for page in self.pages],
         }
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """What an earlier run left of a document with failed pages: the pages it read
+    (`done`) and the page numbers to read again (`retry`)."""
+
+    done: tuple[PageResult, ...]
+    retry: frozenset[int]

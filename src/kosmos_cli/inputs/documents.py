@@ -72,6 +72,14 @@ class Page:
 
 
 @dataclass(frozen=True)
+class PageFailure:
+    """A page of a document that cannot be read (the document's other pages can)."""
+
+    number: int
+    error: InputError
+
+
+@dataclass(frozen=True)
 class PageOptions:
     """How documents are turned into pages."""
 
@@ -174,12 +182,35 @@ def iter_pages(doc: Document, options: PageOptions) -> Iterator[Page]:
     """Yield the selected pages of a document one at a time, as RGB images.
 
     Page numbers are the document's own, 1-based. Raises an InputError subclass
-    naming the file for anything that cannot be read.
+    naming the file (and page) for anything that cannot be read.
     """
+    for outcome in iter_page_outcomes(doc, options):
+        if isinstance(outcome, PageFailure):
+            raise outcome.error
+        yield outcome
+
+
+def iter_page_outcomes(doc: Document, options: PageOptions) -> Iterator[Page | PageFailure]:
+    """Like `iter_pages`, but a page that cannot be read is yielded as a PageFailure and
+    the document's other pages still come; only a document that cannot be opened at
+    all raises (an InputError subclass naming the file)."""
     if doc.is_pdf:
         yield from _iter_pdf_pages(doc, options)
     else:
         yield from _iter_image_pages(doc, options)
+
+
+def selected_pages(doc: Document, options: PageOptions) -> list[int] | None:
+    """The page numbers `iter_pages` would read from a PDF file on disk, or None when
+    that cannot be told cheaply and safely (not a PDF file, unreadable, pages out of
+    range): the caller then reads the document as one piece and its errors come then."""
+    if doc.path is None or not doc.is_pdf:
+        return None
+    try:
+        info = _pdf_info(doc, doc.path, options.password)
+        return _selected(doc, int(info["Pages"]), options.pages)
+    except (InputError, KeyError, ValueError):
+        return None
 
 
 def _selected(doc: Document, total: int, selection: frozenset[int] | None) -> list[int]:
@@ -239,7 +270,7 @@ def _frame_count(image: Image.Image) -> int:
     return getattr(image, "n_frames", 1) if image.format == "TIFF" else 1
 
 
-def _iter_image_pages(doc: Document, options: PageOptions) -> Iterator[Page]:
+def _iter_image_pages(doc: Document, options: PageOptions) -> Iterator[Page | PageFailure]:
     from PIL import ImageOps
 
     with _open_image(doc, options.max_pixels) as image:
@@ -249,7 +280,8 @@ def _iter_image_pages(doc: Document, options: PageOptions) -> Iterator[Page]:
                 frame = ImageOps.exif_transpose(image)
                 yield Page(number, to_rgb(frame), None)
             except (OSError, ValueError, SyntaxError) as exc:
-                raise CorruptInput(f"{doc.source}: page {number}: cannot decode image ({exc})") from None
+                message = f"{doc.source}: page {number}: cannot decode image ({exc})"
+                yield PageFailure(number, CorruptInput(message))
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -288,12 +320,13 @@ def _pdf_file(doc: Document) -> Iterator[Path]:
         yield Path(handle.name)
 
 
-def _pdf_info(doc: Document, pdf_path: Path, password: str | None) -> dict:
+def _pdf_info(doc: Document, pdf_path: Path, password: str | None, pages: list[int] | None = None) -> dict:
     from pdf2image import pdfinfo_from_path
     from pdf2image.exceptions import PDFInfoNotInstalledError, PDFPageCountError, PDFSyntaxError
 
+    first, last = (pages[0], pages[-1]) if pages else (None, None)
     try:
-        return pdfinfo_from_path(str(pdf_path), userpw=password)
+        return pdfinfo_from_path(str(pdf_path), userpw=password, first_page=first, last_page=last)
     except PDFInfoNotInstalledError:
         raise _renderer_missing(doc) from None
     except (PDFPageCountError, PDFSyntaxError) as exc:
@@ -317,27 +350,35 @@ def _renderer_missing(doc: Document) -> InputError:
     )
 
 
-def _pdf_page_pixels(info: dict, dpi: int) -> int:
-    match = re.match(r"\s*([\d.]+)\s*x\s*([\d.]+)\s*pts", str(info.get("Page size", "")))
-    if not match:
-        return 0
-    width_pt, height_pt = float(match.group(1)), float(match.group(2))
-    return round(width_pt / 72 * dpi) * round(height_pt / 72 * dpi)
+def _pdf_page_pixels(info: dict, dpi: int) -> dict[int, int]:
+    """Each page's size in pixels at `dpi`, from `pdfinfo -f 1 -l N` ("Page    N size")."""
+    sizes: dict[int, int] = {}
+    for key, value in info.items():
+        key_match = re.fullmatch(r"Page\s+(\d+) size", str(key))
+        size_match = re.match(r"\s*([\d.]+)\s*x\s*([\d.]+)\s*pts", str(value))
+        if key_match and size_match:
+            width_pt, height_pt = float(size_match.group(1)), float(size_match.group(2))
+            sizes[int(key_match.group(1))] = round(width_pt / 72 * dpi) * round(height_pt / 72 * dpi)
+    return sizes
 
 
-def _iter_pdf_pages(doc: Document, options: PageOptions) -> Iterator[Page]:
+def _iter_pdf_pages(doc: Document, options: PageOptions) -> Iterator[Page | PageFailure]:
     from pdf2image import convert_from_path
     from pdf2image.exceptions import PDFInfoNotInstalledError, PDFPageCountError, PDFSyntaxError
 
     with _pdf_file(doc) as pdf_path:
         info = _pdf_info(doc, pdf_path, options.password)
-        pixels = _pdf_page_pixels(info, options.dpi)
-        if pixels > options.max_pixels:
-            raise ImageTooLarge(
-                f"{doc.source}: a page at {options.dpi} dpi is {pixels:,} pixels, above the limit of "
-                f"{options.max_pixels:,}; lower --dpi or raise --max-pixels"
-            )
-        for number in _selected(doc, int(info["Pages"]), options.pages):
+        numbers = _selected(doc, int(info["Pages"]), options.pages)
+        # Page sizes may differ: every page is checked against --max-pixels before it is
+        # rendered (one pdfinfo call lists them all), so one huge page costs only itself.
+        pixels = _pdf_page_pixels(_pdf_info(doc, pdf_path, options.password, numbers), options.dpi) if numbers else {}
+        for number in numbers:
+            if pixels.get(number, 0) > options.max_pixels:
+                yield PageFailure(number, ImageTooLarge(
+                    f"{doc.source}: page {number}: at {options.dpi} dpi it is {pixels[number]:,} pixels, above the "
+                    f"limit of {options.max_pixels:,}; lower --dpi or raise --max-pixels"
+                ))  # fmt: skip
+                continue
             try:
                 rendered = convert_from_path(
                     str(pdf_path), dpi=options.dpi, first_page=number, last_page=number, userpw=options.password
@@ -345,9 +386,11 @@ def _iter_pdf_pages(doc: Document, options: PageOptions) -> Iterator[Page]:
             except PDFInfoNotInstalledError:
                 raise _renderer_missing(doc) from None
             except (PDFPageCountError, PDFSyntaxError) as exc:
-                raise _pdf_error(doc, str(exc)) from None
+                yield PageFailure(number, _pdf_error(doc, str(exc)))
+                continue
             if not rendered:
-                raise CorruptInput(f"{doc.source}: page {number}: pdftoppm rendered nothing")
+                yield PageFailure(number, CorruptInput(f"{doc.source}: page {number}: pdftoppm rendered nothing"))
+                continue
             yield Page(number, to_rgb(rendered[0]), options.dpi)
 
 

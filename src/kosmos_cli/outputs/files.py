@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 from ..errors import InputError, OutputFailed
 from ..inputs.documents import Document
-from ..results import DocumentResult
+from ..results import DocumentResult, Unfinished
 from .formats import OutputFormat, RenderOptions
 from .text import to_json, to_markdown, to_tsv
 
@@ -74,12 +74,32 @@ class DirectorySink:
         return self.folder / (str(doc.output_name) + self.fmt.suffix)
 
     def is_done(self, doc: Document) -> bool:
-        """True when this input's complete output exists (outputs are atomic) and may be kept."""
-        return not self.overwrite and self.path_for(doc).is_file()
+        """True when this input's complete output exists (outputs are atomic) and may be kept.
+
+        An output written with pages missing has a sidecar and is not done."""
+        from .sidecar import has_sidecar  # here, not at the top: sidecar writes through this module
+
+        path = self.path_for(doc)
+        return not self.overwrite and path.is_file() and not has_sidecar(path)
+
+    def unfinished(self, doc: Document, task: str, model: str) -> Unfinished | None:
+        """The pages an earlier run read and those it failed on, if it left this input
+        incomplete; None to read it in full."""
+        from .sidecar import read_sidecar
+
+        return None if self.overwrite else read_sidecar(self.path_for(doc), task, model)
 
     def write(self, doc: Document, result: DocumentResult) -> Path:
+        from .sidecar import remove_sidecar, write_sidecar
+
         path = self.path_for(doc)
-        write_atomic_bytes(path, self.fmt.render(doc, result, self.options))
+        data = self.fmt.render_result(doc, result, self.options)
+        if result.failed_pages:
+            write_sidecar(path, result)  # first: the output never counts as done while pages are missing
+            write_atomic_bytes(path, data)
+        else:
+            write_atomic_bytes(path, data)
+            remove_sidecar(path)
         return path
 
     def failed(self, doc: Document, error: InputError) -> None:
@@ -100,10 +120,15 @@ class StdoutSink:
     def is_done(self, doc: Document) -> bool:
         return False
 
+    def unfinished(self, doc: Document, task: str, model: str) -> Unfinished | None:
+        return None
+
     def failed(self, doc: Document, error: InputError) -> None:
         """Nothing to write: the reporter tells the user on stderr."""
 
     def write(self, doc: Document, result: DocumentResult) -> None:
+        if not self.fmt.records_failed_pages:
+            result = result.read_pages_only()
         if self.fmt.name == "json":
             data = to_json(result, indent=None).encode("utf-8")
         elif self.fmt.name == "tsv":

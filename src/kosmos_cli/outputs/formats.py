@@ -35,6 +35,13 @@ class OutputFormat:
     render: Callable[[Document, DocumentResult, RenderOptions], bytes]
     # Formats whose documents cannot be concatenated on stdout (binary or one XML root each).
     one_per_stream: bool = False
+    # Formats that can record a failed page (JSON: the page with its "error"); the others
+    # leave failed pages out (the PDF keeps the page, without a text layer).
+    records_failed_pages: bool = False
+
+    def render_result(self, doc: Document, result: DocumentResult, options: RenderOptions) -> bytes:
+        """`result` as this format's bytes; failed pages recorded or left out as the format can."""
+        return self.render(doc, result if self.records_failed_pages else result.read_pages_only(), options)
 
 
 def _utf8(render_text: Callable[[DocumentResult], str]) -> Callable[[Document, DocumentResult, RenderOptions], bytes]:
@@ -62,7 +69,7 @@ def _pdf(doc: Document, result: DocumentResult, options: RenderOptions) -> bytes
 FORMATS = {
     fmt.name: fmt
     for fmt in (
-        OutputFormat("json", ".json", ("ocr", "md"), _utf8(text.to_json)),
+        OutputFormat("json", ".json", ("ocr", "md"), _utf8(text.to_json), records_failed_pages=True),
         OutputFormat("tsv", ".tsv", ("ocr",), _utf8(text.to_tsv)),
         OutputFormat("txt", ".txt", ("ocr",), _utf8(text.to_txt)),
         OutputFormat("md", ".md", ("md",), _utf8(text.to_markdown)),

@@ -10,13 +10,14 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import UsageError
-from ..inputs.documents import PageOptions, collect_documents
+from ..errors import InputError, UsageError
+from ..inputs.documents import Document, PageOptions, collect_documents
 from ..model.runner import RunnerSettings
 from ..outputs.drawing import PageDrawer
 from ..outputs.files import DirectorySink, StdoutSink, check_folder_writable
 from ..outputs.formats import RenderOptions, output_format
 from .pipeline import RunSummary
+from .distributed import RayOptions, WorkerSetup
 from .progress import PlainReporter
 
 
@@ -41,6 +42,7 @@ class Job:
     batch_size: int | None = None  # None: chosen from free memory
     page_options: PageOptions = field(default_factory=PageOptions)
     runner: RunnerSettings = field(default_factory=RunnerSettings)
+    ray: RayOptions | None = None  # None: run here; else on Ray
 
 
 def execute(job: Job, reporter: PlainReporter, stdin: io.BufferedIOBase | None = None) -> RunSummary:
@@ -68,6 +70,8 @@ def execute(job: Job, reporter: PlainReporter, stdin: io.BufferedIOBase | None =
         sink = StdoutSink(fmt, out.render, several=len(documents) > 1)
     drawer = PageDrawer(out.draw_dir) if out.draw_dir else None
     reporter.started(len(documents) + len(missing))
+    if job.ray is not None:
+        return _execute_on_ray(job, documents, missing, sink, drawer, reporter)
     if any(not sink.is_done(doc) for doc in documents):
         reader = Reader.from_settings(job.runner, job.batch_size)
         reporter.info(reader.describe())
@@ -87,4 +91,18 @@ def execute(job: Job, reporter: PlainReporter, stdin: io.BufferedIOBase | None =
         pipeline.run(documents)
     except KeyboardInterrupt:
         summary.interrupted = True
+    return summary
+
+
+def _execute_on_ray(job: Job, documents: list[Document], missing: list[tuple[str, InputError]],
+                    sink: DirectorySink | StdoutSink, drawer: PageDrawer | None, reporter: PlainReporter) -> RunSummary:  # fmt: skip
+    """The same run with its documents shared out to Ray workers (`run/distributed.py`)."""
+    from .distributed import run_on_ray
+
+    summary = RunSummary()
+    for source, error in missing:
+        summary.failed += 1
+        reporter.document_failed(source, error)
+    setup = WorkerSetup(job.runner, job.batch_size, job.task, job.page_options, drawer, job.ray.verbose)
+    run_on_ray(job.ray, setup, documents, sink, reporter, summary, in_order=job.output.folder is None)
     return summary

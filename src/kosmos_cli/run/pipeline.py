@@ -3,26 +3,29 @@
 Pages are read and prepared ahead of the model in a background thread (bounded, so
 a 500-page PDF is never all in memory), pages from consecutive documents share
 `generate` calls, and results are written by a background writer. A failing input
-is reported and skipped; the run goes on with the rest.
+is reported and skipped; the run goes on with the rest. A failing page costs only
+itself: the document is written without it (and marked so the next run reads just
+the missing pages).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from .background import BackgroundWriter, read_ahead
 from ..errors import ExitCode, GenerationFailed, InputError
-from ..inputs.documents import Document, Page, PageOptions, iter_pages
+from ..inputs.documents import Document, Page, PageFailure, PageOptions, iter_page_outcomes
 from ..parsing import clean_markdown, parse_ocr
-from ..results import DocumentResult, PageResult
+from ..results import DocumentResult, PageResult, Unfinished
 from ..model.runner import RawOutput
 
 
 class Sink(Protocol):
     def is_done(self, doc: Document) -> bool: ...
+    def unfinished(self, doc: Document, task: str, model: str) -> Unfinished | None: ...
     def write(self, doc: Document, result: DocumentResult) -> object: ...
     def failed(self, doc: Document, error: InputError) -> None: ...
 
@@ -32,6 +35,8 @@ class Reporter(Protocol):
     def page_done(self, doc: Document, page: int, raw: RawOutput) -> None: ...
     def document_done(self, doc: Document, result: DocumentResult, written: object) -> None: ...
     def document_failed(self, source: str, error: InputError) -> None: ...
+    def page_failed(self, doc: Document, page: int, error: InputError) -> None: ...
+    def document_incomplete(self, doc: Document, result: DocumentResult | None, written: object) -> None: ...
     def document_skipped(self, doc: Document) -> None: ...
 
 
@@ -46,8 +51,9 @@ class RunSummary:
 
     done: int = 0
     skipped: int = 0
-    failed: int = 0
+    failed: int = 0  # documents failed, or written with pages missing
     pages: int = 0
+    failed_pages: int = 0
     truncated_pages: int = 0
     looping_pages: int = 0
     interrupted: bool = False
@@ -77,19 +83,24 @@ class RunRequest:
 @dataclass(frozen=True)
 class _Event:
     """What the read-ahead thread found: a skipped, started, failed or finished
-    document, or one of its pages with its prepared model input."""
+    document, one of its pages with its prepared model input, or a page that
+    cannot be read ("page_error"). "start" carries what an earlier run left."""
 
     kind: str
     doc: Document
     page: Page | None = None
     prepared: Any = None
     error: InputError | None = None
+    unfinished: Unfinished | None = None
+    page_number: int = 0
 
 
 @dataclass(eq=False)  # identity semantics: states are used as dict keys
 class _DocState:
     doc: Document
     pages: dict[int, PageResult] = field(default_factory=dict)
+    failed_pages: dict[int, InputError] = field(default_factory=dict)
+    earlier: tuple[PageResult, ...] = ()  # pages an earlier run read (resuming)
     outstanding: int = 0
     listed: bool = False
     error: InputError | None = None
@@ -134,13 +145,15 @@ class Pipeline:
                     self.summary.skipped += 1
                     self.reporter.document_skipped(event.doc)
                 elif event.kind == "start":
-                    state = _DocState(event.doc)
+                    state = _DocState(event.doc, earlier=event.unfinished.done if event.unfinished else ())
                     self.reporter.document_started(event.doc)
                 elif event.kind == "page" and not state.error:
                     state.outstanding += 1
                     self._batch.append((state, event.page, event.prepared))
                     if len(self._batch) >= self.request.batch_size:
                         self._flush()
+                elif event.kind == "page_error" and not state.error:
+                    self._page_failed(state, event.page_number, event.error)
                 elif event.kind == "error":
                     self._fail(state, event.error)
                 elif event.kind == "end":
@@ -156,13 +169,23 @@ class Pipeline:
             if self.sink.is_done(doc):
                 yield _Event("skip", doc)
                 continue
-            yield _Event("start", doc)
+            unfinished = self.sink.unfinished(doc, self.request.task, self.request.model_name)
+            options = self.request.page_options
+            if unfinished is not None:
+                # Resuming a document an earlier run wrote with pages missing: read only those.
+                options = replace(options, pages=unfinished.retry)
+            yield _Event("start", doc, unfinished=unfinished)
             try:
-                for page in iter_pages(doc, self.request.page_options):
+                for page in iter_page_outcomes(doc, options):
+                    if isinstance(page, PageFailure):
+                        yield _Event("page_error", doc, error=page.error, page_number=page.number)
+                        continue
                     try:
                         prepared = self.prepare(page.image)
                     except (ValueError, RuntimeError) as exc:
-                        raise InputError(f"{doc.source}: page {page.number}: cannot prepare image ({exc})") from None
+                        message = f"{doc.source}: page {page.number}: cannot prepare image ({exc})"
+                        yield _Event("page_error", doc, error=InputError(message), page_number=page.number)
+                        continue
                     yield _Event("page", doc, page, prepared)
             except InputError as error:
                 yield _Event("error", doc, error=error)
@@ -183,7 +206,10 @@ class Pipeline:
                     self._flush()
                 return
             state, page, _ = batch[0]
-            self._fail(state, GenerationFailed(f"{state.doc.source}: page {page.number}: {error.message}"))
+            state.outstanding -= 1
+            message = f"{state.doc.source}: page {page.number}: {error.message}"
+            self._page_failed(state, page.number, GenerationFailed(message))
+            self._close_if_complete(state)
             return
         for (state, page, _), raw in zip(batch, outputs):
             result = self._page_result(page, raw)
@@ -207,6 +233,12 @@ class Pipeline:
         resized = (raw.resized_width, raw.resized_height)
         return PageResult(**common, lines=parse_ocr(raw.text, resized, (width, height), raw.segment_confidences))
 
+    def _page_failed(self, state: _DocState, number: int, error: InputError) -> None:
+        """One page is lost; the document's other pages go on and are written without it."""
+        state.failed_pages[number] = error
+        self.summary.failed_pages += 1
+        self.reporter.page_failed(state.doc, number, error)
+
     def _fail(self, state: _DocState, error: InputError) -> None:
         if state.error is None:
             state.error = error
@@ -218,16 +250,29 @@ class Pipeline:
         if state.closed or state.error or not state.listed or state.outstanding:
             return
         state.closed = True
+        pages = {page.page: page for page in state.earlier}
+        pages.update(state.pages)
+        if state.failed_pages and not pages:
+            # Not one page read: nothing worth a file; the page errors were reported.
+            self.summary.failed += 1
+            self.sink.failed(state.doc, next(iter(state.failed_pages.values())))
+            self.reporter.document_incomplete(state.doc, None, None)
+            return
+        pages.update((number, PageResult.failed(number, error.message)) for number, error in state.failed_pages.items())
         result = DocumentResult(
             source=state.doc.source,
             model=self.request.model_name,
             task=self.request.task,
-            pages=tuple(state.pages[number] for number in sorted(state.pages)),
+            pages=tuple(pages[number] for number in sorted(pages)),
         )
         self._writer.submit(lambda: self._write(state.doc, result))
 
     def _write(self, doc: Document, result: DocumentResult) -> None:
         """Runs on the writer thread."""
         written = self.sink.write(doc, result)
-        self.summary.done += 1
-        self.reporter.document_done(doc, result, written)
+        if result.failed_pages:
+            self.summary.failed += 1
+            self.reporter.document_incomplete(doc, result, written)
+        else:
+            self.summary.done += 1
+            self.reporter.document_done(doc, result, written)

@@ -30,6 +30,8 @@ def format_summary(summary: RunSummary) -> str:
         text += f"; {summary.truncated_pages} truncated (raise --max-new-tokens)"
     if summary.looping_pages:
         text += f"; {summary.looping_pages} stopped repeating"
+    if summary.failed_pages:
+        text += f"; {summary.failed_pages} page{'s' * (summary.failed_pages != 1)} failed (run again to retry)"
     return text
 
 
@@ -42,7 +44,8 @@ class PlainReporter:
         self.max_new_tokens = max_new_tokens
         self.total = 0
         self.position = 0
-        self.document_started_at = time.monotonic()
+        # By source: on Ray several documents are read at once.
+        self.document_started_at: dict[str, float] = {}
 
     def _say(self, text: str) -> None:
         print(f"{PREFIX}: {text}", file=self.stream, flush=True)
@@ -61,7 +64,7 @@ class PlainReporter:
         self.position = 0  # a second run through the same reporter (eval --baseline) counts afresh
 
     def document_started(self, doc: Document) -> None:
-        self.document_started_at = time.monotonic()
+        self.document_started_at[doc.source] = time.monotonic()
 
     def page_done(self, doc: Document, page: int, raw: RawOutput) -> None:
         if raw.truncated:
@@ -77,7 +80,7 @@ class PlainReporter:
         return f"[{self.position}/{self.total}]"
 
     def document_done(self, doc: Document, result: DocumentResult, written: object) -> None:
-        elapsed = time.monotonic() - self.document_started_at
+        elapsed = time.monotonic() - self.document_started_at.pop(doc.source, time.monotonic())
         target = f" -> {written}" if written else ""
         pages = len(result.pages)
         self.info(f"{self._advance()} {doc.source}: {pages} page{'s' * (pages != 1)}{target} ({elapsed:.1f} s)")
@@ -85,6 +88,24 @@ class PlainReporter:
     def document_failed(self, source: str, error: InputError) -> None:
         self._advance()
         self.error(error.message)
+
+    def page_failed(self, doc: Document, page: int, error: InputError) -> None:
+        """One page could not be read; its document goes on without it."""
+        self.error(error.message)
+
+    def document_incomplete(self, doc: Document, result: DocumentResult | None, written: object) -> None:
+        """A document finished with pages missing: written without them, or (no page
+        read at all) not written; its page errors were already reported."""
+        self._advance()
+        if result is None:
+            return
+        failed = [page.page for page in result.failed_pages]
+        read = len(result.pages) - len(failed)
+        numbers = ", ".join(map(str, failed))
+        self.error(
+            f"{doc.source}: {read} of {len(result.pages)} pages written{f' to {written}' if written else ''}; "
+            f"page{'s' * (len(failed) != 1)} {numbers} failed (run the same command again to retry)"
+        )
 
     def document_skipped(self, doc: Document) -> None:
         self.info(f"{self._advance()} {doc.source}: skipped, output exists (--overwrite to redo)")
@@ -151,6 +172,10 @@ class RichReporter(PlainReporter):
 
     def document_failed(self, source: str, error: InputError) -> None:
         super().document_failed(source, error)
+        self._update(advance=1)
+
+    def document_incomplete(self, doc: Document, result: DocumentResult | None, written: object) -> None:
+        super().document_incomplete(doc, result, written)
         self._update(advance=1)
 
     def document_skipped(self, doc: Document) -> None:

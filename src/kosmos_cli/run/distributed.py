@@ -1,0 +1,514 @@
+"""A run on Ray (`--ray`): the same job, its documents shared out to a pool of actors.
+
+Each actor loads the model once (a `Reader`) and runs the single-machine pipeline
+on the work it is given: a few whole documents at a time (their pages batched
+together, as locally), or one page range of a long PDF. Inputs and outputs are
+shared paths: the driver sends paths, never file bytes (except stdin's), and gets
+back results, which it merges per document and writes through the same sink as a
+local run, so outputs, sidecars, resume, messages and exit codes are the local ones.
+
+A worker that dies is replaced and its unfinished work redone; work that was shared
+with others is then tried one document (or range) at a time, so a file that kills
+workers is found and failed after `max_attempts` tries, costing only itself.
+
+Ray is imported here only, when `--ray` is given.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import warnings
+from collections import deque
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ..errors import InputError, KosmosError, ModelUnavailable
+from ..inputs.documents import Document, PageOptions, selected_pages
+from ..model.runner import RawOutput, RunnerSettings
+from ..results import DocumentResult, PageResult, Unfinished
+from .pipeline import PageObserver, Reporter, RunSummary, Sink
+
+# Environment the workers need from the driver's (a local instance passes it anyway;
+# a cluster's workers were started elsewhere).
+_WORKER_ENV = ("PYTHONPATH", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
+               "TRANSFORMERS_VERBOSITY", "TRANSFORMERS_NO_ADVISORY_WARNINGS", "KOSMOS25_MODEL")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """How to run on Ray.
+
+    `address`: "" for `ray.init()`'s own choice ($RAY_ADDRESS, else a new local
+    instance), "auto" for the cluster started on this machine, "HOST:PORT" or
+    "ray://HOST:PORT" for a given one. `workers`: None for one per GPU, or a few
+    that fit the CPUs. `pages_per_task`: the page range a long PDF is split into.
+    """
+
+    address: str = ""
+    workers: int | None = None
+    gpus_per_worker: float = 1.0
+    verbose: bool = False
+    pages_per_task: int = 32
+    max_attempts: int = 3
+
+
+def is_ray_address(text: str) -> bool:
+    """True for what `--ray` takes as an address: auto, local, HOST:PORT, ray://..."""
+    if text in ("auto", "local") or text.startswith("ray://"):
+        return True
+    host, _, port = text.rpartition(":")
+    return bool(host) and port.isdigit() and "/" not in host
+
+
+def optional_ray_value(args: list[str]) -> list[str]:
+    """`--ray` takes an optional value: a bare `--ray` (last, before an option, or
+    before a path) becomes `--ray=`, so `kosmos25 ocr --ray scans/` reads scans/."""
+    out = []
+    for index, arg in enumerate(args):
+        following = args[index + 1] if index + 1 < len(args) else None
+        if arg == "--ray" and (following is None or not is_ray_address(following)):
+            arg = "--ray="
+        out.append(arg)
+        if arg == "--":
+            out.extend(args[index + 1 :])
+            break
+    return out
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """One piece of work: a document, or a page range of one (`pages`; None: all the
+    pages the run asks for)."""
+
+    key: int
+    doc: Document
+    pages: frozenset[int] | None
+
+
+@dataclass(frozen=True)
+class UnitOutcome:
+    """What a worker made of a unit: its pages (failed ones with their `error`), or
+    the document's error when it could not be read at all."""
+
+    key: int
+    pages: tuple[PageResult, ...] = ()
+    error: InputError | None = None
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What every worker needs to read like the local run does."""
+
+    settings: RunnerSettings
+    batch_size: int | None
+    task: str
+    page_options: PageOptions
+    page_observer: PageObserver | None
+    verbose: bool
+
+
+class KosmosWorker:
+    """A Ray actor: loads the model once, then reads units with the local pipeline."""
+
+    def __init__(self, setup: WorkerSetup) -> None:
+        from ..api import Reader
+
+        if not setup.verbose:
+            warnings.simplefilter("ignore")  # as the command line does: library warnings off
+        self.setup = setup
+        self.reader: Reader | None = None
+        self.error: KosmosError | None = None
+        try:
+            self.reader = Reader.from_settings(setup.settings, setup.batch_size)
+        except KosmosError as error:  # kept, not raised: the driver shows it as the local run would
+            self.error = error
+
+    def ready(self) -> str | KosmosError:
+        """The model's description, or why it could not be loaded."""
+        return self.error if self.error is not None else self.reader.describe()
+
+    def read(self, units: list[WorkUnit]) -> list[UnitOutcome] | KosmosError:
+        """Read `units` (sharing `generate` calls, like a local run); a run-wide error
+        (an unwritable --draw folder) comes back as the error."""
+        if self.error is not None:  # a replacement worker that could not load the model
+            return self.error
+        pages = units[0].pages
+        options = self.setup.page_options if pages is None else replace(self.setup.page_options, pages=pages)
+        collector = _UnitCollector()
+        documents = [unit.doc for unit in units]
+        try:
+            self.reader.read(self.setup.task, documents, collector, collector, options, self.setup.page_observer).run(
+                documents
+            )
+        except KosmosError as error:
+            if isinstance(error, InputError):
+                raise  # not expected: the pipeline reports input errors; let the driver retry
+            return error
+        return [collector.outcome(unit) for unit in units]
+
+
+class _UnitCollector:
+    """The worker's sink and reporter at once: keeps what happened to each document."""
+
+    def __init__(self) -> None:
+        self.results: dict[int, DocumentResult] = {}
+        self.errors: dict[str, InputError] = {}  # by source: what the pipeline reports them by
+        self.failed_pages: dict[int, dict[int, InputError]] = {}
+
+    def outcome(self, unit: WorkUnit) -> UnitOutcome:
+        key = id(unit.doc)
+        if unit.doc.source in self.errors:
+            return UnitOutcome(unit.key, error=self.errors[unit.doc.source])
+        if key in self.results:
+            return UnitOutcome(unit.key, pages=self.results[key].pages)
+        # Not one page read: the pipeline wrote nothing, but the pages' errors are known.
+        failed = self.failed_pages.get(key, {})
+        return UnitOutcome(unit.key, pages=tuple(PageResult.failed(n, e.message) for n, e in sorted(failed.items())))
+
+    # Sink
+    def is_done(self, doc: Document) -> bool:
+        return False
+
+    def unfinished(self, doc: Document, task: str, model: str) -> Unfinished | None:
+        return None
+
+    def write(self, doc: Document, result: DocumentResult) -> None:
+        self.results[id(doc)] = result
+
+    def failed(self, doc: Document, error: InputError) -> None:
+        """Told apart below: `document_failed` (the document) or only its pages failed."""
+
+    # Reporter
+    def document_started(self, doc: Document) -> None:
+        pass
+
+    def page_done(self, doc: Document, page: int, raw: RawOutput) -> None:
+        pass
+
+    def page_failed(self, doc: Document, page: int, error: InputError) -> None:
+        self.failed_pages.setdefault(id(doc), {})[page] = error
+
+    def document_done(self, doc: Document, result: DocumentResult, written: object) -> None:
+        pass
+
+    def document_incomplete(self, doc: Document, result: DocumentResult | None, written: object) -> None:
+        pass
+
+    def document_failed(self, source: str, error: InputError) -> None:
+        self.errors[source] = error
+
+    def document_skipped(self, doc: Document) -> None:
+        pass
+
+
+@dataclass(eq=False)
+class _DocWork:
+    """The driver's view of one document: how many units are out and what came back."""
+
+    doc: Document
+    earlier: tuple[PageResult, ...] = ()
+    units_left: int = 0
+    pages: dict[int, PageResult] = field(default_factory=dict)
+    error: InputError | None = None
+    started: bool = False
+    result: DocumentResult | None = None  # read, waiting for its turn to be written (stdout)
+    closed: bool = False
+
+
+@dataclass(eq=False)
+class _Task:
+    """Units sent to one worker in one call (whole documents, or one page range)."""
+
+    units: list[WorkUnit]
+
+
+class RayRun:
+    """Drives one run on Ray: plans units, keeps the worker pool busy, merges and writes."""
+
+    def __init__(self, options: RayOptions, setup: WorkerSetup, sink: Sink, reporter: Reporter, summary: RunSummary,
+                 group_size: int, in_order: bool) -> None:  # fmt: skip
+        self.options = options
+        self.setup = setup
+        self.sink = sink
+        self.reporter = reporter
+        self.summary = summary
+        self.group_size = group_size
+        self.work: dict[int, _DocWork] = {}  # by unit key
+        # stdout takes documents in input order, as a local run writes them; files as they come.
+        self.in_order = in_order
+        self.order: list[_DocWork] = []
+        self.next_to_write = 0
+        self.attempts: dict[int, int] = {}
+        self.ray = None
+
+    def run(self, documents: list[Document]) -> None:
+        """Read every document not done yet; fills `self.summary`. Raises ModelUnavailable
+        (Ray missing or the model not loadable) or OutputFailed."""
+        todo = []
+        for doc in documents:
+            if self.sink.is_done(doc):
+                self.summary.skipped += 1
+                self.reporter.document_skipped(doc)
+            else:
+                todo.append(doc)
+        if not todo:
+            return
+        self.ray = _connect(self.options)
+        workers: list = []
+        try:
+            queue = deque(self._plan(todo))
+            workers = self._start_workers()
+            self._drive(queue, workers)
+        except KeyboardInterrupt:
+            self.summary.interrupted = True
+        finally:
+            for worker in workers:
+                self.ray.kill(worker)
+            self.ray.shutdown()
+
+    # --- planning ---------------------------------------------------------
+
+    def _plan(self, documents: list[Document]) -> list[_Task]:
+        """Units in input order: long PDFs split into page ranges, the other documents
+        grouped a few to a task so their pages share `generate` calls."""
+        tasks: list[_Task] = []
+        group: list[WorkUnit] = []
+        for doc in documents:
+            unfinished = self.sink.unfinished(doc, self.setup.task, self.setup.settings.model)
+            work = _DocWork(doc, earlier=unfinished.done if unfinished else ())
+            self.order.append(work)
+            wanted = unfinished.retry if unfinished else self.setup.page_options.pages
+            numbers = selected_pages(doc, replace(self.setup.page_options, pages=wanted))
+            size = self.options.pages_per_task
+            if numbers is not None and (len(numbers) > size or unfinished):
+                ranges = [frozenset(numbers[start : start + size]) for start in range(0, len(numbers), size)]
+                for pages in ranges:
+                    tasks.append(_Task([self._unit(work, pages)]))
+                continue
+            if unfinished:  # its retry pages could not be listed: read them as one piece
+                tasks.append(_Task([self._unit(work, unfinished.retry)]))
+                continue
+            group.append(self._unit(work, None))
+            if len(group) >= self.group_size:
+                tasks.append(_Task(group))
+                group = []
+        if group:
+            tasks.append(_Task(group))
+        return tasks
+
+    def _unit(self, work: _DocWork, pages: frozenset[int] | None) -> WorkUnit:
+        key = len(self.work)
+        self.work[key] = work
+        self.attempts[key] = 0
+        work.units_left += 1
+        return WorkUnit(key, work.doc, pages)
+
+    # --- workers ----------------------------------------------------------
+
+    def _worker_count(self) -> tuple[int, float]:
+        """How many workers, and CPUs for each: one per GPU (or per --gpus-per-worker),
+        else a few that fit the CPUs (the model uses several cores each)."""
+        resources = self.ray.cluster_resources()
+        gpus, cpus = resources.get("GPU", 0.0), max(resources.get("CPU", 1.0), 1.0)
+        count = self.options.workers
+        if count is None:
+            if gpus >= self.options.gpus_per_worker > 0:
+                count = int(gpus // self.options.gpus_per_worker)
+            else:
+                count = max(1, min(4, int(cpus // 4)))
+        gpu_each = self.options.gpus_per_worker if gpus else 0.0
+        cpus_each = 1.0 if gpu_each else max(1.0, float(int(cpus // count)))
+        return count, cpus_each
+
+    def _start_workers(self) -> list:
+        count, cpus_each = self._worker_count()
+        self._cpus_each = cpus_each
+        from ray.exceptions import RayActorError
+
+        workers = [self._new_worker() for _ in range(count)]
+        try:
+            answers = self.ray.get([worker.ready.remote() for worker in workers])
+        except RayActorError as exc:
+            raise ModelUnavailable(f"--ray: a worker died while loading the model ({exc})") from None
+        for ready in answers:
+            if isinstance(ready, KosmosError):
+                raise ready
+        self.reporter.info(f"{ready} in each of {count} Ray worker{'s' * (count != 1)}")
+        return workers
+
+    def _new_worker(self):
+        resources = self.ray.cluster_resources()
+        gpus = self.options.gpus_per_worker if resources.get("GPU", 0.0) else 0.0
+        actor = self.ray.remote(num_cpus=self._cpus_each, num_gpus=gpus, max_restarts=0)(KosmosWorker)
+        env = {name: os.environ[name] for name in _WORKER_ENV if name in os.environ}
+        return actor.options(runtime_env={"env_vars": env} if env else None).remote(self.setup)
+
+    # --- the loop ---------------------------------------------------------
+
+    def _drive(self, queue: deque[_Task], workers: list) -> None:
+        from ray.exceptions import RayActorError, RayTaskError
+
+        running: dict = {}  # future -> (worker index, task)
+        idle = list(range(len(workers)))
+        while queue or running:
+            while queue and idle:
+                index = idle.pop()
+                task = queue.popleft()
+                for unit in task.units:
+                    self._started(unit)
+                running[workers[index].read.remote(task.units)] = (index, task)
+            done, _ = self.ray.wait(list(running), num_returns=1)
+            future = done[0]
+            index, task = running.pop(future)
+            try:
+                outcomes = self.ray.get(future)
+            except RayActorError:
+                # The worker died (killed, out of memory, crashed in native code): replace it
+                # and redo its work, one unit at a time so a unit that kills is found.
+                self.ray.kill(workers[index])
+                workers[index] = self._new_worker()
+                self._retry(queue, task, "a worker died while reading it")
+                idle.append(index)
+                continue
+            except RayTaskError as error:
+                self._retry(queue, task, f"worker error ({error.cause if error.cause else error})")
+                idle.append(index)
+                continue
+            idle.append(index)
+            if isinstance(outcomes, KosmosError):
+                raise outcomes
+            for outcome in outcomes:
+                self._finish_unit(outcome)
+
+    def _started(self, unit: WorkUnit) -> None:
+        work = self.work[unit.key]
+        if not work.started:
+            work.started = True
+            self.reporter.document_started(work.doc)
+
+    def _retry(self, queue: deque[_Task], task: _Task, reason: str) -> None:
+        for unit in reversed(task.units):
+            self.attempts[unit.key] += 1
+            if self.attempts[unit.key] >= self.options.max_attempts:
+                which = f" (pages {_ranges(unit.pages)})" if unit.pages is not None else ""
+                message = f"{unit.doc.source}: gave up after {self.attempts[unit.key]} tries: {reason}{which}"
+                self._finish_unit(UnitOutcome(unit.key, error=InputError(message)))
+            else:
+                queue.appendleft(_Task([unit]))
+
+    def _finish_unit(self, outcome: UnitOutcome) -> None:
+        work = self.work[outcome.key]
+        work.units_left -= 1
+        if outcome.error is not None:
+            work.error = work.error or outcome.error
+        for page in outcome.pages:
+            work.pages[page.page] = page
+            if page.error is not None:
+                self.summary.failed_pages += 1
+                self.reporter.page_failed(work.doc, page.page, InputError(page.error))
+            else:
+                self.summary.pages += 1
+                self.summary.truncated_pages += page.truncated
+                self.summary.looping_pages += page.looping
+                # The reporter warns from the page's flags, as for a local page.
+                self.reporter.page_done(work.doc, page.page, RawOutput("", 0, 0, page.truncated, page.looping))
+        if work.units_left == 0:
+            self._finish_document(work)
+
+    def _finish_document(self, work: _DocWork) -> None:
+        """All of a document's units are back: fail it, or merge its pages for writing."""
+        work.closed = True
+        if work.error is not None:
+            self.summary.failed += 1
+            self.sink.failed(work.doc, work.error)
+            self.reporter.document_failed(work.doc.source, work.error)
+        else:
+            pages = {page.page: page for page in work.earlier}
+            pages.update(work.pages)
+            failed = [page for page in pages.values() if page.error is not None]
+            if failed and len(failed) == len(pages):
+                # Not one page read: nothing worth a file; the page errors were reported.
+                self.summary.failed += 1
+                self.sink.failed(work.doc, InputError(failed[0].error))
+                self.reporter.document_incomplete(work.doc, None, None)
+            else:
+                work.result = DocumentResult(
+                    source=work.doc.source,
+                    model=self.setup.settings.model,
+                    task=self.setup.task,
+                    pages=tuple(pages[number] for number in sorted(pages)),
+                )
+        if not self.in_order:
+            self._write(work)
+            return
+        while self.next_to_write < len(self.order) and self.order[self.next_to_write].closed:
+            self._write(self.order[self.next_to_write])
+            self.next_to_write += 1
+
+    def _write(self, work: _DocWork) -> None:
+        result, work.result = work.result, None
+        if result is None:
+            return
+        written = self.sink.write(work.doc, result)
+        if result.failed_pages:
+            self.summary.failed += 1
+            self.reporter.document_incomplete(work.doc, result, written)
+        else:
+            self.summary.done += 1
+            self.reporter.document_done(work.doc, result, written)
+
+
+def _ranges(pages: frozenset[int]) -> str:
+    numbers = sorted(pages)
+    return f"{numbers[0]}-{numbers[-1]}" if len(numbers) > 1 else str(numbers[0])
+
+
+def _connect(options: RayOptions):
+    """Import Ray and join or start a cluster; Ray's own logs stay off unless verbose."""
+    joining = options.address not in ("", "local") or (options.address == "" and os.environ.get("RAY_ADDRESS"))
+    if joining and "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").is_file():
+        # `ray start --head` turns token auth on once a token exists, but a client sends
+        # the token only in token mode, which Ray reads when it is imported.
+        os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not options.verbose:
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    try:
+        import ray
+    except ImportError:
+        raise ModelUnavailable(
+            "--ray needs Ray, which is not installed: pip install 'kosmos25[ray]' (or 'make install')"
+        ) from None
+    level = logging.INFO if options.verbose else logging.ERROR
+    address = None if options.address == "" else options.address
+    _check_reachable(address if address is not None else os.environ.get("RAY_ADDRESS", ""))
+    kwargs = {"include_dashboard": False} if address in (None, "local") else {}
+    try:
+        ray.init(address=address, logging_level=level, log_to_driver=options.verbose, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = options.address or os.environ.get("RAY_ADDRESS") or "a new local instance"
+        raise ModelUnavailable(f"--ray: cannot start or join Ray at {where}: {str(exc).splitlines()[0]}") from None
+    return ray
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds, with one line, when a HOST:PORT address does not answer: Ray itself
+    retries for minutes, printing its own log lines."""
+    hostport = address.removeprefix("ray://")
+    if not is_ray_address(hostport) or hostport in ("auto", "local"):
+        return
+    host, _, port = hostport.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise ModelUnavailable(f"--ray: no Ray cluster answers at {address} ({exc.strerror or exc})") from None
+
+
+def run_on_ray(options: RayOptions, setup: WorkerSetup, documents: list[Document], sink: Sink, reporter: Reporter,
+               summary: RunSummary, in_order: bool = False) -> None:  # fmt: skip
+    """Read `documents` on Ray into `sink`, filling `summary`, as a local run would.
+    `in_order`: write documents in input order (stdout), not as they finish."""
+    # Whole documents go a few to a task so their pages can share `generate` calls.
+    RayRun(options, setup, sink, reporter, summary, group_size=setup.batch_size or 4, in_order=in_order).run(documents)
