@@ -42,6 +42,8 @@ class Reporter(Protocol):
 
 PrepareFn = Callable[[Any], Any]
 GenerateFn = Callable[[list, str], list[RawOutput]]
+# Continuous batching: (key, prepared page) pairs in, (key, RawOutput) out as pages finish.
+StreamFn = Callable[[Iterator[tuple[int, Any]], str], Iterator[tuple[int, RawOutput]]]
 PageObserver = Callable[[Document, Page, PageResult], None]
 
 
@@ -72,7 +74,7 @@ class RunSummary:
 
 @dataclass(frozen=True)
 class RunRequest:
-    """What to do: the task, how to make pages, how many pages per `generate` call."""
+    """What to do: the task, how to make pages, how many pages decode at a time."""
 
     task: str
     model_name: str
@@ -108,7 +110,12 @@ class _DocState:
 
 
 class Pipeline:
-    """Feeds pages to the model in batches and hands finished documents to the sink."""
+    """Feeds pages to the model and hands finished documents to the sink.
+
+    With `stream` (continuous batching) a page joins the running batch as soon as a
+    slot is free; without it, pages are read in static batches of `batch_size` by
+    `generate`, which also reads alone any page whose stream (or batch) failed.
+    """
 
     def __init__(
         self,
@@ -118,10 +125,12 @@ class Pipeline:
         sink: Sink,
         reporter: Reporter,
         page_observer: PageObserver | None = None,
+        stream: StreamFn | None = None,
     ) -> None:
         self.request = request
         self.prepare = prepare
         self.generate = generate
+        self.stream = stream
         self.sink = sink
         self.reporter = reporter
         self.page_observer = page_observer
@@ -136,32 +145,73 @@ class Pipeline:
         return self.summary
 
     def steps(self, documents: list[Document]) -> Iterator[None]:
-        """Process every document, pausing after each event so a caller can collect
-        finished results as they come (the Python API's `ocr_many` does)."""
-        state: _DocState | None = None
+        """Process every document, pausing after each event or finished page so a caller
+        can collect finished results as they come (the Python API's `ocr_many` does)."""
+        self._state: _DocState | None = None
         with BackgroundWriter() as self._writer:
-            for event in read_ahead(self._events(documents), depth=2 * self.request.batch_size):
-                if event.kind == "skip":
-                    self.summary.skipped += 1
-                    self.reporter.document_skipped(event.doc)
-                elif event.kind == "start":
-                    state = _DocState(event.doc, earlier=event.unfinished.done if event.unfinished else ())
-                    self.reporter.document_started(event.doc)
-                elif event.kind == "page" and not state.error:
-                    state.outstanding += 1
-                    self._batch.append((state, event.page, event.prepared))
-                    if len(self._batch) >= self.request.batch_size:
-                        self._flush()
-                elif event.kind == "page_error" and not state.error:
-                    self._page_failed(state, event.page_number, event.error)
-                elif event.kind == "error":
-                    self._fail(state, event.error)
-                elif event.kind == "end":
-                    state.listed = True
-                    self._close_if_complete(state)
-                yield
-            self._flush()
+            events = read_ahead(self._events(documents), depth=2 * self.request.batch_size)
+            if self.stream is None:
+                for event in events:
+                    if self._handle(event) is not None:
+                        self._batch.append(self._handle_page(event))
+                        if len(self._batch) >= self.request.batch_size:
+                            self._flush()
+                    yield
+                self._flush()
+            else:
+                yield from self._stream_steps(events)
         yield
+
+    def _handle(self, event: _Event) -> _Event | None:
+        """Book-keeping for one event; returns a page event for the model, else None."""
+        state = self._state
+        if event.kind == "skip":
+            self.summary.skipped += 1
+            self.reporter.document_skipped(event.doc)
+        elif event.kind == "start":
+            self._state = _DocState(event.doc, earlier=event.unfinished.done if event.unfinished else ())
+            self.reporter.document_started(event.doc)
+        elif event.kind == "page" and not state.error:
+            return event
+        elif event.kind == "page_error" and not state.error:
+            self._page_failed(state, event.page_number, event.error)
+        elif event.kind == "error":
+            self._fail(state, event.error)
+        elif event.kind == "end":
+            state.listed = True
+            self._close_if_complete(state)
+        return None
+
+    def _handle_page(self, event: _Event) -> tuple[_DocState, Page, Any]:
+        self._state.outstanding += 1
+        return self._state, event.page, event.prepared
+
+    def _stream_steps(self, events: Iterator[_Event]) -> Iterator[None]:
+        """Continuous batching: pages flow to the model as slots free up."""
+        in_flight: dict[int, tuple[_DocState, Page, Any]] = {}
+
+        def pages_for_model() -> Iterator[tuple[int, Any]]:
+            for key, event in enumerate(events):
+                if self._handle(event) is not None:
+                    in_flight[key] = self._handle_page(event)
+                    yield key, event.prepared
+
+        feed = pages_for_model()
+        while True:
+            try:
+                for key, raw in self.stream(feed, self.request.task):
+                    state, page, _ = in_flight.pop(key)
+                    self._page_done(state, page, raw)
+                    self._close_if_complete(state)
+                    yield
+                return
+            except GenerationFailed:
+                # The stream is lost with the pages in it; read each of them alone (so one
+                # bad page costs only itself), then go on streaming the rest.
+                for key in list(in_flight):
+                    self._batch = [in_flight.pop(key)]
+                    self._flush()
+                yield
 
     def _events(self, documents: list[Document]) -> Iterator[_Event]:
         """Runs in the read-ahead thread: decode, render and prepare pages in order."""
@@ -212,17 +262,20 @@ class Pipeline:
             self._close_if_complete(state)
             return
         for (state, page, _), raw in zip(batch, outputs):
-            result = self._page_result(page, raw)
-            state.pages[page.number] = result
-            state.outstanding -= 1
-            self.summary.pages += 1
-            self.summary.truncated_pages += raw.truncated
-            self.summary.looping_pages += raw.looping
-            self.reporter.page_done(state.doc, page.number, raw)
-            if self.page_observer:
-                self._writer.submit(lambda doc=state.doc, page=page, result=result: self.page_observer(doc, page, result))
+            self._page_done(state, page, raw)
         for state in dict.fromkeys(state for state, _, _ in batch):
             self._close_if_complete(state)
+
+    def _page_done(self, state: _DocState, page: Page, raw: RawOutput) -> None:
+        result = self._page_result(page, raw)
+        state.pages[page.number] = result
+        state.outstanding -= 1
+        self.summary.pages += 1
+        self.summary.truncated_pages += raw.truncated
+        self.summary.looping_pages += raw.looping
+        self.reporter.page_done(state.doc, page.number, raw)
+        if self.page_observer:
+            self._writer.submit(lambda doc=state.doc, page=page, result=result: self.page_observer(doc, page, result))
 
     def _page_result(self, page: Page, raw: RawOutput) -> PageResult:
         width, height = page.image.size
