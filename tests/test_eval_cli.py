@@ -45,6 +45,7 @@ def test_ground_truth_equal_to_the_answer_scores_perfectly(tmp_path, trained_mod
     [page] = report["pages"]
     assert page["source"] == str(tmp_path / "receipt.png") and page["page"] == 1
     assert page["first_difference"] is None and report["failures"] == []
+    assert page["truncated"] is False and page["looping"] is False
     assert "receipt.png" in result.stdout and "0.00%" in result.stdout and "1.000" in result.stdout
 
 

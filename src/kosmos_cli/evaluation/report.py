@@ -93,7 +93,8 @@ def print_table(report: EvalReport, stream: TextIO, terminal: bool = False) -> N
         cells = _cells(page.result.score, lines)
         if page.baseline is not None:
             cells += _cells(page.baseline.score, lines)
-        table.add_row(page.source, str(page.page), *cells)
+        flags = [flag for flag, on in (("truncated", page.result.truncated), ("looping", page.result.looping)) if on]
+        table.add_row(page.source, f"{page.page}{' (' + ', '.join(flags) + ')' if flags else ''}", *cells)
     console.print(table, markup=False)
     if len(ranked) > TABLE_ROWS:
         console.print(f"({len(ranked) - TABLE_ROWS} better pages not shown; --report FILE has them all)", markup=False)

@@ -24,14 +24,18 @@ class Difference:
 
 @dataclass(frozen=True)
 class ModelPageEval:
-    """One model's score on one page, and where it first went wrong (None: identical text)."""
+    """One model's score on one page, where it first went wrong (None: identical text), and
+    whether its reading was cut short (`truncated`: --max-new-tokens; `looping`: repeats stopped)."""
 
     score: PageScore
     difference: Difference | None = None
+    truncated: bool = False
+    looping: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         out = self.score.to_dict()
         out["first_difference"] = self.difference.to_dict() if self.difference else None
+        out["truncated"], out["looping"] = self.truncated, self.looping
         return out
 
 
@@ -46,4 +50,5 @@ def score_page(predicted: PageResult, truth: PageTruth, min_iou: float = DEFAULT
         score = score_lines(pairs, truth.lines, min_iou, boxes=truth.boxes)
         predicted_lines, truth_lines = [line.text for line in predicted.lines], truth.texts
     found = first_difference(predicted_lines, truth_lines)
-    return ModelPageEval(score, Difference(found[0] + 1, found[1], found[2]) if found else None)
+    difference = Difference(found[0] + 1, found[1], found[2]) if found else None
+    return ModelPageEval(score, difference, predicted.truncated, predicted.looping)
