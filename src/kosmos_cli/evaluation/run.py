@@ -123,6 +123,9 @@ class _Collector:
     def is_done(self, doc: Document) -> bool:
         return False
 
+    def unfinished(self, doc: Document, task: str, model: str) -> None:
+        return None  # every page is read afresh: nothing is resumed
+
     def write(self, doc: Document, result: DocumentResult) -> None:
         self.results[id(doc)] = result
 
