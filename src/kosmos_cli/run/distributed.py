@@ -242,6 +242,7 @@ class RayRun:
         self.next_to_write = 0
         self.attempts: dict[int, int] = {}
         self.ray = None
+        self.cpus_each = 1.0
 
     def run(self, documents: list[Document]) -> None:
         """Read every document not done yet; fills `self.summary`. Raises ModelUnavailable
@@ -318,15 +319,16 @@ class RayRun:
                 count = int(gpus // self.options.gpus_per_worker)
             else:
                 count = max(1, min(4, int(cpus // 4)))
-        gpu_each = self.options.gpus_per_worker if gpus else 0.0
-        cpus_each = 1.0 if gpu_each else max(1.0, float(int(cpus // count)))
-        return count, cpus_each
+        if gpus and self.options.gpus_per_worker:
+            return count, 1.0
+        # Whole cores where there are enough, else a share (Ray places fractions), so that
+        # every worker starts rather than waiting for a core that never comes free.
+        return count, float(int(cpus // count)) if cpus >= count else cpus / count
 
     def _start_workers(self) -> list:
-        count, cpus_each = self._worker_count()
-        self._cpus_each = cpus_each
         from ray.exceptions import RayActorError
 
+        count, self.cpus_each = self._worker_count()
         workers = [self._new_worker() for _ in range(count)]
         try:
             answers = self.ray.get([worker.ready.remote() for worker in workers])
@@ -341,7 +343,7 @@ class RayRun:
     def _new_worker(self):
         resources = self.ray.cluster_resources()
         gpus = self.options.gpus_per_worker if resources.get("GPU", 0.0) else 0.0
-        actor = self.ray.remote(num_cpus=self._cpus_each, num_gpus=gpus, max_restarts=0)(KosmosWorker)
+        actor = self.ray.remote(num_cpus=self.cpus_each, num_gpus=gpus, max_restarts=0)(KosmosWorker)
         env = {name: os.environ[name] for name in _WORKER_ENV if name in os.environ}
         return actor.options(runtime_env={"env_vars": env} if env else None).remote(self.setup)
 
@@ -472,9 +474,7 @@ def _connect(options: RayOptions):
         # `ray start --head` turns token auth on once a token exists, but a client sends
         # the token only in token mode, which Ray reads when it is imported.
         os.environ["RAY_AUTH_MODE"] = "token"
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if not options.verbose:
-        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report (nor its notice) unless asked for
     try:
         import ray
     except ImportError:
