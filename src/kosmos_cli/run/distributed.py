@@ -394,9 +394,14 @@ class RayRun:
         for unit in reversed(task.units):
             self.attempts[unit.key] += 1
             if self.attempts[unit.key] >= self.options.max_attempts:
-                which = f" (pages {_ranges(unit.pages)})" if unit.pages is not None else ""
-                message = f"{unit.doc.source}: gave up after {self.attempts[unit.key]} tries: {reason}{which}"
-                self._finish_unit(UnitOutcome(unit.key, error=InputError(message)))
+                tries = f"gave up after {self.attempts[unit.key]} tries: {reason}"
+                if unit.pages is None:
+                    self._finish_unit(UnitOutcome(unit.key, error=InputError(f"{unit.doc.source}: {tries}")))
+                else:
+                    # A page range: its pages are failed pages, so the document's other ranges
+                    # are still written and a re-run retries just these (as for any failed page).
+                    failed = (PageResult.failed(n, f"{unit.doc.source}: page {n}: {tries}") for n in sorted(unit.pages))
+                    self._finish_unit(UnitOutcome(unit.key, pages=tuple(failed)))
             else:
                 queue.appendleft(_Task([unit]))
 
@@ -460,11 +465,6 @@ class RayRun:
         else:
             self.summary.done += 1
             self.reporter.document_done(work.doc, result, written)
-
-
-def _ranges(pages: frozenset[int]) -> str:
-    numbers = sorted(pages)
-    return f"{numbers[0]}-{numbers[-1]}" if len(numbers) > 1 else str(numbers[0])
 
 
 def _connect(options: RayOptions):
