@@ -242,6 +242,7 @@ class RayRun:
         self.next_to_write = 0
         self.attempts: dict[int, int] = {}
         self.ray = None
+        self.cpus_each = 1.0
 
     def run(self, documents: list[Document]) -> None:
         """Read every document not done yet; fills `self.summary`. Raises ModelUnavailable
@@ -318,15 +319,16 @@ class RayRun:
                 count = int(gpus // self.options.gpus_per_worker)
             else:
                 count = max(1, min(4, int(cpus // 4)))
-        gpu_each = self.options.gpus_per_worker if gpus else 0.0
-        cpus_each = 1.0 if gpu_each else max(1.0, float(int(cpus // count)))
-        return count, cpus_each
+        if gpus and self.options.gpus_per_worker:
+            return count, 1.0
+        # Whole cores where there are enough, else a share (Ray places fractions), so that
+        # every worker starts rather than waiting for a core that never comes free.
+        return count, float(int(cpus // count)) if cpus >= count else cpus / count
 
     def _start_workers(self) -> list:
-        count, cpus_each = self._worker_count()
-        self._cpus_each = cpus_each
         from ray.exceptions import RayActorError
 
+        count, self.cpus_each = self._worker_count()
         workers = [self._new_worker() for _ in range(count)]
         try:
             answers = self.ray.get([worker.ready.remote() for worker in workers])
@@ -341,7 +343,7 @@ class RayRun:
     def _new_worker(self):
         resources = self.ray.cluster_resources()
         gpus = self.options.gpus_per_worker if resources.get("GPU", 0.0) else 0.0
-        actor = self.ray.remote(num_cpus=self._cpus_each, num_gpus=gpus, max_restarts=0)(KosmosWorker)
+        actor = self.ray.remote(num_cpus=self.cpus_each, num_gpus=gpus, max_restarts=0)(KosmosWorker)
         env = {name: os.environ[name] for name in _WORKER_ENV if name in os.environ}
         return actor.options(runtime_env={"env_vars": env} if env else None).remote(self.setup)
 
@@ -392,9 +394,14 @@ class RayRun:
         for unit in reversed(task.units):
             self.attempts[unit.key] += 1
             if self.attempts[unit.key] >= self.options.max_attempts:
-                which = f" (pages {_ranges(unit.pages)})" if unit.pages is not None else ""
-                message = f"{unit.doc.source}: gave up after {self.attempts[unit.key]} tries: {reason}{which}"
-                self._finish_unit(UnitOutcome(unit.key, error=InputError(message)))
+                tries = f"gave up after {self.attempts[unit.key]} tries: {reason}"
+                if unit.pages is None:
+                    self._finish_unit(UnitOutcome(unit.key, error=InputError(f"{unit.doc.source}: {tries}")))
+                else:
+                    # A page range: its pages are failed pages, so the document's other ranges
+                    # are still written and a re-run retries just these (as for any failed page).
+                    failed = (PageResult.failed(n, f"{unit.doc.source}: page {n}: {tries}") for n in sorted(unit.pages))
+                    self._finish_unit(UnitOutcome(unit.key, pages=tuple(failed)))
             else:
                 queue.appendleft(_Task([unit]))
 
@@ -460,11 +467,6 @@ class RayRun:
             self.reporter.document_done(work.doc, result, written)
 
 
-def _ranges(pages: frozenset[int]) -> str:
-    numbers = sorted(pages)
-    return f"{numbers[0]}-{numbers[-1]}" if len(numbers) > 1 else str(numbers[0])
-
-
 def _connect(options: RayOptions):
     """Import Ray and join or start a cluster; Ray's own logs stay off unless verbose."""
     joining = options.address not in ("", "local") or (options.address == "" and os.environ.get("RAY_ADDRESS"))
@@ -472,9 +474,7 @@ def _connect(options: RayOptions):
         # `ray start --head` turns token auth on once a token exists, but a client sends
         # the token only in token mode, which Ray reads when it is imported.
         os.environ["RAY_AUTH_MODE"] = "token"
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if not options.verbose:
-        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report (nor its notice) unless asked for
     try:
         import ray
     except ImportError:
