@@ -144,6 +144,53 @@ class ModelRunner:
             outputs.append(RawOutput(text, page.resized_width, page.resized_height, truncated, looping))
         return outputs
 
+    def decode_stream(self, pairs, task: str, slots: int | None = None, logits_hook=None):
+        """Read (key, PreparedPage) pairs with continuous batching; yield results as pages finish.
+
+        Yields `decode_loop.StreamedOutput(key, output, tokens, logprobs)` in order of
+        completion, not of input. `slots` (default: `auto_batch_size`) pages decode at a
+        time; a finished page's slot takes the next page at once. Keys must be unique.
+        See `decode_loop.ContinuousDecoder` (and its `run` for `logits_hook`).
+        """
+        import torch
+
+        from .decode_loop import ContinuousDecoder, StreamedOutput, to_raw_output
+
+        decoder = ContinuousDecoder(
+            self.model,
+            self._prompt(task),
+            self.eos_token_id,
+            self.settings.max_new_tokens,
+            slots=slots or auto_batch_size(self),
+            stop_on_loops=self.settings.stop_on_loops,
+            min_new_tokens=self.settings.min_new_tokens,
+            device=self.device,
+            dtype=self.dtype,
+        )
+        self.last_decoder = decoder  # its `stats` tell benchmarks how the slots were used
+        sizes: dict = {}
+
+        def remembered():
+            # Only the sizes stay here: a page's patches are dropped once it is prefilled.
+            for key, page in pairs:
+                if key in sizes:
+                    raise UsageError(f"decode_stream: key {key!r} given twice")
+                sizes[key] = page
+                yield key, page
+                sizes[key] = PreparedPage(None, page.resized_width, page.resized_height)
+
+        def decode(tokens):
+            return self.processor.decode(tokens, skip_special_tokens=True)
+
+        try:
+            for finished in decoder.run(remembered(), logits_hook):
+                page = sizes.pop(finished.key)
+                output = to_raw_output(finished, page, decode)
+                yield StreamedOutput(finished.key, output, finished.tokens, finished.logprobs)
+        except (RuntimeError, torch.OutOfMemoryError) as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise GenerationFailed(f"model failed: {first_line}") from exc
+
 
 def finish_row(row: list[int], eos_token_id: int, detect_loops: bool = True) -> tuple[list[int], bool, bool]:
     """One page's generated tokens -> (tokens, truncated, looping).
