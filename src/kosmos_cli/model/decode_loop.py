@@ -47,6 +47,8 @@ LOOP_CHECK_EVERY = 8
 # The cache grows (and shrinks) in blocks of this many positions: the CPU decode kernel
 # reads the whole buffer, so unused capacity costs time on every step.
 CACHE_BLOCK = 256
+# Capacities are multiples of this, so that masks over them suit the fused GPU kernels.
+CACHE_ALIGN = 64
 # Generation settings that would make `generate` change logits before its argmax; this
 # loop applies none of them, so a model configured with one is refused.
 _LOGITS_SETTINGS = (
@@ -110,8 +112,11 @@ class _SlotCache:
     Buffers are [slots, heads, capacity, dim] per layer. In a prefill the new keys go
     to rows `rows`, positions 0..P-1, and attention runs on them as they are (causal).
     In a decoding step each active row's key goes to its own position `lengths[row]`
-    and attention gets the buffers' first `width` positions of rows 0..n-1 (a view,
-    so the CPU kernel can read the contiguous buffer whole) plus a key mask.
+    and attention gets rows 0..n-1 of the whole buffers (contiguous) plus a key mask.
+    Whole buffers, not the longest row's length: the shapes then change only when the
+    capacity does, every CACHE_BLOCK steps, rather than at every step (kernels that plan
+    per shape, such as cuDNN's attention, would plan again each time), and the CPU
+    decode kernel reads whole buffers anyway.
     """
 
     def __init__(self) -> None:
@@ -123,7 +128,6 @@ class _SlotCache:
         self.active = 0
         self.positions = None  # [n] write position per active row (device)
         self.row_index = None  # [n] arange (device)
-        self.width = 0
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         """Store this step's keys/values for layer `layer_idx`; return what attention reads."""
@@ -134,7 +138,7 @@ class _SlotCache:
             return key_states, value_states
         keys[self.row_index, :, self.positions] = key_states[:, :, 0]
         values[self.row_index, :, self.positions] = value_states[:, :, 0]
-        return keys[: self.active, :, : self.width], values[: self.active, :, : self.width]
+        return keys[: self.active], values[: self.active]
 
 
 class ContinuousDecoder:
@@ -197,7 +201,7 @@ class ContinuousDecoder:
         if attention_mask is not None and not bool(attention_mask.bool().all()):
             raise ValueError("the prompt must not be padded")
         self.prompt_length = self.input_ids.shape[1]
-        self.capacity_limit = self.prompt_length + self.max_new_tokens
+        self.capacity_limit = _round_up(self.prompt_length + self.max_new_tokens, CACHE_ALIGN)
         self.padding_idx = self.transformer.embed_positions.padding_idx
         self.stats = LoopStats()
         self._extend_position_table(self.padding_idx + 1 + self.capacity_limit + 1)
@@ -302,8 +306,8 @@ class ContinuousDecoder:
         transformer = self.transformer
         count = len(rows)
         lengths = [row.length for row in rows]
-        width = max(lengths) + 1
-        self._reserve(cache, width, count)
+        self._reserve(cache, max(lengths) + 1, count)
+        width = cache.keys[0].shape[2]
         input_ids = torch.tensor([[row.tokens[-1]] for row in rows], device=self.device)
         positions_now = torch.tensor(lengths, device=self.device)
         embeds = transformer.embed_tokens(input_ids) * transformer.embed_scale
@@ -320,7 +324,6 @@ class ContinuousDecoder:
         cache.active = count
         cache.positions = positions_now
         cache.row_index = torch.arange(count, device=self.device)
-        cache.width = width
         mask = self._key_mask(positions_now, width)
         hidden = self._layers(hidden, mask, cache)
         logits = self.model.text_model.lm_head(transformer.layer_norm(hidden))[:, -1]
@@ -410,7 +413,7 @@ class ContinuousDecoder:
         """Make the buffers hold `width` positions (allocating them on first use)."""
         if cache.keys and cache.keys[0].shape[2] >= width:
             return
-        capacity = min(self.capacity_limit, width + CACHE_BLOCK)
+        capacity = min(self.capacity_limit, _round_up(width + CACHE_BLOCK, CACHE_ALIGN))
         self._reallocate(cache, capacity, rows_in_use)
 
     def _fit(self, cache: _SlotCache, rows: list[_Row]) -> None:
@@ -419,7 +422,8 @@ class ContinuousDecoder:
             return
         needed = max((row.length + 1 for row in rows), default=self.prompt_length)
         if cache.keys[0].shape[2] - needed > 2 * CACHE_BLOCK:
-            self._reallocate(cache, min(self.capacity_limit, needed + CACHE_BLOCK), len(rows))
+            capacity = min(self.capacity_limit, _round_up(needed + CACHE_BLOCK, CACHE_ALIGN))
+            self._reallocate(cache, capacity, len(rows))
 
     def _reallocate(self, cache: _SlotCache, capacity: int, rows_in_use: int) -> None:
         # Zeros, not garbage: the CPU decode kernel multiplies the whole buffer before masking.
@@ -443,6 +447,10 @@ class ContinuousDecoder:
         import torch
 
         return torch.zeros(shape, dtype=self.dtype, device=self.device)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
 
 
 def _additive(allowed, dtype):
