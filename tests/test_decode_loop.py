@@ -285,3 +285,9 @@ def test_cuda_bf16_decode_stream_runs(varied_model):
     # bf16 rounds differently for other batch shapes, and this checkpoint's top logits lie close
     # together, so pages may part from `generate` after a while; their first tokens agree.
     assert all(streamed[key].output.text[:8] == output.text[:8] for key, output in enumerate(alone))
+
+
+def test_caller_code_between_pages_runs_outside_inference_mode(case):
+    runner, pages, eos, _references = case
+    for _page in _decoder(runner, eos, NEW_TOKENS, slots=2, stop_on_loops=False).run(enumerate(pages[:4])):
+        assert not torch.is_inference_mode_enabled() and torch.is_grad_enabled()

@@ -232,36 +232,43 @@ class ContinuousDecoder:
         rows: list[_Row] = []
         cache = _SlotCache()
         exhausted = False
-        with torch.inference_mode():
-            try:
-                while True:
-                    while not exhausted and len(rows) < self.slots:
-                        group = []
-                        for key, page in source:
-                            group.append((key, page))
-                            if len(group) >= min(self.max_prefill, self.slots - len(rows)):
-                                break
-                        if not group:
-                            exhausted = True
+        # Inference mode around each piece of work, never across a `yield`: it is thread state,
+        # and the caller's code between two pages must not run in it.
+        try:
+            while True:
+                while not exhausted and len(rows) < self.slots:
+                    group = []
+                    for key, page in source:
+                        group.append((key, page))
+                        if len(group) >= min(self.max_prefill, self.slots - len(rows)):
                             break
-                        started = time.perf_counter()
-                        tokens, logprobs = self._prefill(cache, group, len(rows), logits_hook)
-                        self.stats.prefill_seconds += time.perf_counter() - started
-                        self.stats.prefills += 1
-                        self.stats.prefill_rows += len(group)
-                        self.stats.group_sizes.append(len(group))
-                        for (key, _page), token, logprob in zip(group, tokens, logprobs):
-                            rows.append(_Row(key, [token], [logprob], self.prompt_length))
-                        yield from self._retire(cache, rows)
-                    if not rows:
+                    if not group:
+                        exhausted = True
                         break
                     started = time.perf_counter()
+                    with torch.inference_mode():
+                        tokens, logprobs = self._prefill(cache, group, len(rows), logits_hook)
+                    self.stats.prefill_seconds += time.perf_counter() - started
+                    self.stats.prefills += 1
+                    self.stats.prefill_rows += len(group)
+                    self.stats.group_sizes.append(len(group))
+                    for (key, _page), token, logprob in zip(group, tokens, logprobs):
+                        rows.append(_Row(key, [token], [logprob], self.prompt_length))
+                    del group
+                    with torch.inference_mode():
+                        finished = self._retire(cache, rows)
+                    yield from finished
+                if not rows:
+                    break
+                started = time.perf_counter()
+                with torch.inference_mode():
                     self._step(cache, rows, logits_hook)
-                    self.stats.decode_seconds += time.perf_counter() - started
-                    yield from self._retire(cache, rows)
-            finally:
-                cache.keys.clear()
-                cache.values.clear()
+                    finished = self._retire(cache, rows)
+                self.stats.decode_seconds += time.perf_counter() - started
+                yield from finished
+        finally:
+            cache.keys.clear()
+            cache.values.clear()
 
     # -- the model's modules, called as Kosmos2_5TextTransformer.forward calls them --
 
@@ -379,11 +386,11 @@ class ContinuousDecoder:
 
     # -- slot bookkeeping --
 
-    def _retire(self, cache: _SlotCache, rows: list[_Row]) -> Iterator[FinishedPage]:
-        """Yield the rows that are done, free their slots and pack the others to the front."""
+    def _retire(self, cache: _SlotCache, rows: list[_Row]) -> list[FinishedPage]:
+        """Take the rows that are done out of `rows`, free their slots and pack the others to the front."""
         done = [index for index, row in enumerate(rows) if self._finished(row)]
         if not done:
-            return
+            return []
         finished = [rows[index] for index in done]
         keep = [index for index in range(len(rows)) if index not in done]
         # Move the last live rows into the holes so rows 0..n-1 stay the live ones: a
@@ -397,11 +404,13 @@ class ContinuousDecoder:
             rows[hole] = rows[mover]
         del rows[len(keep) :]
         self._fit(cache, rows)
+        pages = []
         for row in finished:
             tokens, truncated, looping = finish_row(row.tokens, self.eos_token_id, self.stop_on_loops)
             self.stats.pages += 1
             self.stats.tokens += len(row.tokens)
-            yield FinishedPage(row.key, tokens, row.logprobs[: len(tokens)], truncated, looping)
+            pages.append(FinishedPage(row.key, tokens, row.logprobs[: len(tokens)], truncated, looping))
+        return pages
 
     def _finished(self, row: _Row) -> bool:
         count = len(row.tokens)
@@ -473,7 +482,9 @@ def _logits_settings(model) -> list[str]:
     return [name for name in _LOGITS_SETTINGS if getattr(config, name, None) != getattr(defaults, name, None)]
 
 
-def to_raw_output(finished: FinishedPage, page: PreparedPage, decode: Callable[[list[int]], str]) -> RawOutput:
-    """A finished page as the RawOutput `ModelRunner.generate_prepared` would give for it."""
-    return RawOutput(decode(finished.tokens), page.resized_width, page.resized_height, finished.truncated,
-                     finished.looping)  # fmt: skip
+def to_raw_output(finished: FinishedPage, width: int, height: int, decode: Callable[[list[int]], str]) -> RawOutput:
+    """A finished page as the RawOutput `ModelRunner.generate_prepared` would give for it.
+
+    `width` and `height` are the page's resized size (PreparedPage.resized_width/height).
+    """
+    return RawOutput(decode(finished.tokens), width, height, finished.truncated, finished.looping)

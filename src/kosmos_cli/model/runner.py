@@ -171,21 +171,19 @@ class ModelRunner:
         sizes: dict = {}
 
         def remembered():
-            # Only the sizes stay here: a page's patches are dropped once it is prefilled.
+            # Only the sizes stay here; the decoder lets go of a page's patches once it is prefilled.
             for key, page in pairs:
                 if key in sizes:
                     raise UsageError(f"decode_stream: key {key!r} given twice")
-                sizes[key] = page
+                sizes[key] = (page.resized_width, page.resized_height)
                 yield key, page
-                sizes[key] = PreparedPage(None, page.resized_width, page.resized_height)
 
         def decode(tokens):
             return self.processor.decode(tokens, skip_special_tokens=True)
 
         try:
             for finished in decoder.run(remembered(), logits_hook):
-                page = sizes.pop(finished.key)
-                output = to_raw_output(finished, page, decode)
+                output = to_raw_output(finished, *sizes.pop(finished.key), decode)
                 yield StreamedOutput(finished.key, output, finished.tokens, finished.logprobs)
         except (RuntimeError, torch.OutOfMemoryError) as exc:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
