@@ -436,6 +436,13 @@ def ragged_ours(runner, pages, lengths: list[int], way: str, batch: int) -> dict
     return result
 
 
+def _ragged_line(result: dict, lengths: list[int]) -> str:
+    """One way's figures at once, so that an interrupted run still tells something."""
+    total = result["total"]
+    return (f"{total:.1f} s, {result['steps']} decoding steps, {sum(lengths) / total:.1f} tokens/s, "
+            f"{60 * len(lengths) / total:.2f} pages/min, peak RSS {result['peak'] / 1e9:.2f} GB")  # fmt: skip
+
+
 def ragged_main(args) -> None:
     """Ragged workload: reference loop vs static batches vs continuous batching, same pages and lengths."""
     from kosmos_cli.model.runner import ModelRunner, RunnerSettings
@@ -466,13 +473,13 @@ def ragged_main(args) -> None:
     for way, batch in ways:
         name = f"{way} ({dtype}, {'batch' if way == 'static' else 'slots'} {batch})"
         results[name] = ragged_ours(runner, pages, lengths, way, batch)
-        print(f"{name} done: {results[name]['total']:.1f} s", flush=True)
+        print(f"{name} done: {_ragged_line(results[name], lengths)}", flush=True)
     del runner
     release_memory()
     if not args.skip_reference:
         name = f"reference ({args.dtype}, batch 1)"
         results = {name: ragged_reference(checkpoint, pages, lengths, args), **results}
-        print(f"{name} done: {results[name]['total']:.1f} s", flush=True)
+        print(f"{name} done: {_ragged_line(results[name], lengths)}", flush=True)
 
     total_tokens = sum(lengths)
     static = next(result for name, result in results.items() if name.startswith("static"))
