@@ -8,6 +8,11 @@ every page costs the same). Both ways run in this one process:
 - reference: one page at a time, processor -> generate -> batch_decode, default settings;
 - kosmos25: the library's real pipeline (files -> pages -> batches -> parse -> files).
 
+`--ragged` compares instead how the ways cope with pages of very different lengths
+(a seeded schedule of new tokens per page, forced identically in every way): the
+reference loop, today's static batches (`generate_prepared`) and continuous batching
+(`decode_stream`) at the same batch size; see `ragged_main`.
+
 Run: `make bench` or `python benchmarks/bench.py --help`.
 """
 
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import math
 import sys
 import tempfile
 import threading
@@ -152,15 +158,19 @@ def synthetic_pages(count: int) -> list[Image.Image]:
     return pages
 
 
-def build_checkpoint(folder: Path, max_patches: int) -> Path:
-    """Full-size architecture, random weights, bf16 on disk; reused when already built."""
+def build_checkpoint(folder: Path, max_patches: int, device: str = "cpu") -> Path:
+    """Full-size architecture, random weights, bf16 on disk; reused when already built.
+
+    On a GPU the random initialisation runs there (minutes on a CPU core, seconds there).
+    """
     from tiny_checkpoint import build_processor, build_tokenizer
     from transformers import Kosmos2_5Config, Kosmos2_5ForConditionalGeneration
 
     if (folder / "config.json").exists():
         return folder
     torch.manual_seed(0)
-    model = Kosmos2_5ForConditionalGeneration(Kosmos2_5Config()).to(torch.bfloat16)
+    with torch.device(device if device.startswith("cuda") else "cpu"):
+        model = Kosmos2_5ForConditionalGeneration(Kosmos2_5Config()).to(torch.bfloat16)
     model.save_pretrained(folder)
     build_processor(build_tokenizer(FULL_VOCAB), max_patches=4096, image_tokens=2048).save_pretrained(folder)
     del model
@@ -273,6 +283,231 @@ def report(name: str, result: dict, pages: int) -> dict:
     return row
 
 
+def ragged_schedule(count: int, mean: float, low: int, high: int, seed: int) -> list[int]:
+    """New tokens per page: a log-normal spread (sigma 1.1) scaled to `mean`, clipped to [low, high].
+
+    Quantiles instead of random draws, so that even 8 pages span the whole spread;
+    the seed only shuffles the order in which the pages come.
+    """
+    import random
+    from statistics import NormalDist
+
+    spread = [math.exp(1.1 * NormalDist().inv_cdf((index + 0.5) / count)) for index in range(count)]
+    scale = mean / (sum(spread) / count)
+    for _ in range(20):  # re-scale so that the mean survives the clipping
+        lengths = [min(high, max(low, round(value * scale))) for value in spread]
+        scale *= mean / (sum(lengths) / count)
+    random.Random(seed).shuffle(lengths)
+    return lengths
+
+
+def forced_lengths(scores, generated, targets, eos_token_id: int):
+    """Make each row end with EOS as its `targets[row]`-th token, and not before.
+
+    `generated` and `targets` are [rows] tensors on the scores' device; `scores` is changed in place.
+    """
+    early = generated + 1 < targets
+    now = generated + 1 == targets
+    scores[early, eos_token_id] = float("-inf")
+    scores[now] = float("-inf")
+    scores[now, eos_token_id] = 0.0
+    return scores
+
+
+def forcing_processor(targets: list[int], prompt_length: int, eos_token_id: int):
+    """`forced_lengths` as a `generate` logits processor for one batch of pages."""
+    from transformers import LogitsProcessor
+
+    class ForcedLengths(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            generated = torch.full((len(targets),), input_ids.shape[1] - prompt_length, device=scores.device)
+            wanted = torch.tensor(targets, device=scores.device)
+            return forced_lengths(scores, generated, wanted, eos_token_id)
+
+    return ForcedLengths()
+
+
+class StepCounter:
+    """Counts decoding steps (one-token text forwards) of `generate`, without touching the logits."""
+
+    def __init__(self, model) -> None:
+        self.steps = 0
+        self.handle = model.text_model.register_forward_pre_hook(self._count, with_kwargs=True)
+
+    def _count(self, module, args, kwargs):
+        input_ids = kwargs.get("input_ids")
+        self.steps += input_ids is not None and input_ids.shape[1] == 1
+
+    def close(self) -> None:
+        self.handle.remove()
+
+
+def _device_peak() -> int:
+    return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
+
+
+def ragged_reference(checkpoint: Path, pages, lengths: list[int], args) -> dict:
+    """The model card's loop, one page at a time, each page ended at its scheduled length."""
+    from transformers import AutoProcessor, Kosmos2_5ForConditionalGeneration
+    from transformers.models.kosmos2_5 import modeling_kosmos2_5
+
+    for name in ("sdpa", "flash_attention_2"):  # upstream's state (see run_reference)
+        if name in vars(modeling_kosmos2_5.ALL_ATTENTION_FUNCTIONS):
+            delattr(modeling_kosmos2_5.ALL_ATTENTION_FUNCTIONS, name)
+    dtype = getattr(torch, args.dtype)
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    model = Kosmos2_5ForConditionalGeneration.from_pretrained(checkpoint, dtype=dtype).to(args.device)
+    eos = processor.tokenizer.eos_token_id
+    counter = StepCounter(model)
+    tokens = []
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    with PeakMemory() as memory:
+        started = time.perf_counter()
+        for image, length in zip(pages, lengths):
+            inputs = processor(text="<ocr>", images=image, max_patches=args.max_patches, return_tensors="pt")
+            inputs.pop("height"), inputs.pop("width")
+            inputs = {k: v.to(args.device) if v is not None else None for k, v in inputs.items()}
+            inputs["flattened_patches"] = inputs["flattened_patches"].to(dtype)
+            prompt = inputs["input_ids"].shape[1]
+            generated = model.generate(**inputs, max_new_tokens=max(lengths),
+                                       logits_processor=[forcing_processor([length], prompt, eos)])  # fmt: skip
+            processor.batch_decode(generated, skip_special_tokens=True)
+            tokens.append(generated[0, prompt:].tolist())
+        total = time.perf_counter() - started
+    counter.close()
+    del model
+    release_memory()
+    return {"total": total, "tokens": tokens, "steps": counter.steps, "rows_per_step": 1.0, "peak": memory.peak,
+            "device_peak": _device_peak()}  # fmt: skip
+
+
+def ragged_ours(runner, pages, lengths: list[int], way: str, batch: int) -> dict:
+    """kosmos25's static batches (`generate_prepared`) or continuous batching (`decode_stream`)."""
+    eos = runner.eos_token_id
+    tokens: dict[int, list[int]] = {}
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    counter = StepCounter(runner.model)
+    with PeakMemory() as memory:
+        started = time.perf_counter()
+        if way == "static":
+            generate = runner.model.generate
+            current: list[int] = []
+
+            def forcing_generate(*gen_args, **gen_kwargs):
+                prompt = gen_kwargs["input_ids"].shape[1]
+                targets = [lengths[index] for index in current]
+                generated = generate(*gen_args, logits_processor=[forcing_processor(targets, prompt, eos)], **gen_kwargs)
+                for index, row in zip(current, generated[:, prompt:].tolist()):
+                    tokens[index] = row[: row.index(eos) + 1] if eos in row else row  # drop the batch's padding
+                return generated
+
+            runner.model.generate = forcing_generate
+            try:
+                for start in range(0, len(pages), batch):
+                    current[:] = range(start, min(start + batch, len(pages)))
+                    runner.generate_prepared([runner.prepare(pages[index]) for index in current], "ocr")
+            finally:
+                del runner.model.generate  # back to the class's method
+            steps, rows_per_step = counter.steps, None
+        else:
+            wanted = torch.tensor(lengths, device=runner.device)
+
+            def hook(keys, generated, scores):
+                rows = torch.tensor(keys, device=scores.device)
+                forced_lengths(scores, torch.tensor(generated, device=scores.device), wanted[rows], eos)
+
+            prepared = ((index, runner.prepare(image)) for index, image in enumerate(pages))
+            for item in runner.decode_stream(prepared, "ocr", slots=batch, logits_hook=hook):
+                tokens[item.key] = item.tokens
+            stats = runner.last_decoder.stats
+            steps, rows_per_step = stats.decode_steps, stats.row_steps / max(1, stats.decode_steps)
+        total = time.perf_counter() - started
+    counter.close()
+    result = {"total": total, "tokens": [tokens[index] for index in range(len(pages))], "steps": steps,
+              "rows_per_step": rows_per_step, "peak": memory.peak, "device_peak": _device_peak()}  # fmt: skip
+    if way == "static":  # rows busy per step: each page's own tokens over the steps the batches ran
+        result["rows_per_step"] = (sum(lengths) - len(pages)) / max(1, steps)
+    else:
+        result["phases"] = (stats.prefill_seconds, stats.decode_seconds)
+    release_memory()
+    return result
+
+
+def _ragged_line(result: dict, lengths: list[int]) -> str:
+    """One way's figures at once, so that an interrupted run still tells something."""
+    total = result["total"]
+    return (f"{total:.1f} s, {result['steps']} decoding steps, {sum(lengths) / total:.1f} tokens/s, "
+            f"{60 * len(lengths) / total:.2f} pages/min, peak RSS {result['peak'] / 1e9:.2f} GB")  # fmt: skip
+
+
+def ragged_main(args) -> None:
+    """Ragged workload: reference loop vs static batches vs continuous batching, same pages and lengths."""
+    from kosmos_cli.model.runner import ModelRunner, RunnerSettings
+
+    lengths = ragged_schedule(args.pages, args.mean_tokens, args.min_tokens, args.max_tokens, args.seed)
+    ordered = sorted(lengths)
+    quartile = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
+          f"{args.pages} pages, max_patches {args.max_patches}, batch {args.batch_size}, seed {args.seed}")  # fmt: skip
+    print(f"new tokens per page (EOS included), in page order: {lengths}")
+    print(f"  min {ordered[0]}, p25 {quartile(0.25)}, median {quartile(0.5)}, mean {sum(lengths) / len(lengths):.0f}, "
+          f"p75 {quartile(0.75)}, max {ordered[-1]}, total {sum(lengths)}")  # fmt: skip
+    print("  random weights: every way suppresses EOS before a page's scheduled length and forces it there,\n"
+          "  identically; the model's compute per token does not depend on the weights' values, so only the\n"
+          "  lengths are staged (a real model would decide them from the pages).", flush=True)  # fmt: skip
+    started = time.perf_counter()
+    checkpoint = build_checkpoint(args.cache, args.max_patches, args.device)
+    print(f"checkpoint ready in {time.perf_counter() - started:.0f} s: {checkpoint}", flush=True)
+    pages = synthetic_pages(args.pages)
+    settings = RunnerSettings(model=str(checkpoint), device=args.device,
+                              dtype="auto" if args.dtype_ours == "auto" else args.dtype_ours,
+                              max_new_tokens=max(lengths), max_patches=args.max_patches, stop_on_loops=False)  # fmt: skip
+    runner = ModelRunner(settings)
+    dtype = str(runner.dtype).replace("torch.", "")
+    results = {}
+    ways = [("static", args.batch_size), ("continuous", args.batch_size)]
+    ways += [("continuous", slots) for slots in args.extra_slots if slots != args.batch_size]
+    for way, batch in ways:
+        name = f"{way} ({dtype}, {'batch' if way == 'static' else 'slots'} {batch})"
+        results[name] = ragged_ours(runner, pages, lengths, way, batch)
+        print(f"{name} done: {_ragged_line(results[name], lengths)}", flush=True)
+    del runner
+    release_memory()
+    if not args.skip_reference:
+        name = f"reference ({args.dtype}, batch 1)"
+        results = {name: ragged_reference(checkpoint, pages, lengths, args), **results}
+        print(f"{name} done: {_ragged_line(results[name], lengths)}", flush=True)
+
+    total_tokens = sum(lengths)
+    static = next(result for name, result in results.items() if name.startswith("static"))
+    header = ["way", "total s", "decode steps", "rows/step", "tokens/s", "pages/min", "x static",
+              "x reference", "peak RSS GB", "GPU peak GB"]  # fmt: skip
+    print("\n| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    reference = next((result for name, result in results.items() if name.startswith("reference")), None)
+    for name, result in results.items():
+        values = [name, f"{result['total']:.1f}", str(result["steps"]), f"{result['rows_per_step']:.2f}",
+                  f"{total_tokens / result['total']:.1f}", f"{60 * args.pages / result['total']:.2f}",
+                  f"{static['total'] / result['total']:.2f}",
+                  f"{reference['total'] / result['total']:.2f}" if reference else "-",
+                  f"{result['peak'] / 1e9:.2f}", f"{result['device_peak'] / 1e9:.2f}"]  # fmt: skip
+        print("| " + " | ".join(values) + " |")
+    for name, result in results.items():
+        if "phases" in result:
+            prefill, decode = result["phases"]
+            print(f"{name}: prefill (vision + prompt) {prefill:.1f} s, decoding {decode:.1f} s")
+    base_name, base = (next(iter(results.items())))
+    for name, result in results.items():
+        if result is base:
+            continue
+        lengths_ok = all(len(tokens) == length for tokens, length in zip(result["tokens"], lengths))
+        agree = sum(a == b for mine, theirs in zip(result["tokens"], base["tokens"]) for a, b in zip(mine, theirs))
+        print(f"{name}: every page at its scheduled length: {lengths_ok}; tokens equal to {base_name}'s: "
+              f"{agree}/{total_tokens}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pages", type=int, default=4, help="synthetic pages (default 4)")
@@ -284,7 +519,21 @@ def main() -> None:
     parser.add_argument("--max-patches", type=int, default=4096)
     parser.add_argument("--skip-reference", action="store_true", help="time kosmos25 only")
     parser.add_argument("--cache", type=Path, default=REPO / ".cache" / "bench-full-random")
+    ragged = parser.add_argument_group("ragged workload (--ragged)")
+    ragged.add_argument("--ragged", action="store_true", help="pages of very different lengths: reference vs "
+                        "static batches vs continuous batching (try: --ragged --pages 8 --max-patches 1024)")  # fmt: skip
+    ragged.add_argument("--mean-tokens", type=float, default=300, help="mean new tokens per page (default 300)")
+    ragged.add_argument("--min-tokens", type=int, default=32, help="shortest page (default 32)")
+    ragged.add_argument("--max-tokens", type=int, default=1500, help="longest page (default 1500)")
+    ragged.add_argument("--seed", type=int, default=0, help="order of the pages' lengths (default 0)")
+    ragged.add_argument("--extra-slots", type=lambda text: [int(x) for x in text.split(",") if x], default=[],
+                        help="also run continuous batching with these slot counts, e.g. 8 or 8,16")  # fmt: skip
     args = parser.parse_args()
+    if args.ragged:
+        if args.batch_size is None:
+            args.batch_size = 4  # auto_batch_size's CPU cap; set it for GPUs
+        ragged_main(args)
+        return
 
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
           f"{args.pages} pages x {args.tokens} new tokens, max_patches {args.max_patches}", flush=True)  # fmt: skip

@@ -49,7 +49,10 @@ class Reader:
         batch_size: int | None = None,
         max_new_tokens: int = 4096,
         max_patches: int | None = None,
+        batching: str = "continuous",
     ) -> None:
+        if batching not in ("continuous", "static"):
+            raise UsageError(f"batching {batching!r}: expected 'continuous' or 'static'")
         settings = RunnerSettings(
             model=model or default_model(),
             revision=revision,
@@ -58,6 +61,7 @@ class Reader:
             attn=attn,
             max_new_tokens=max_new_tokens,
             max_patches=max_patches,
+            batching=batching,
         )
         self.settings = settings
         self.runner = ModelRunner(settings)
@@ -77,13 +81,16 @@ class Reader:
             batch_size=batch_size,
             max_new_tokens=settings.max_new_tokens,
             max_patches=settings.max_patches,
+            batching=settings.batching,
         )
 
     def describe(self) -> str:
         """Which model runs where, for the command line's first message."""
         runner = self.runner
         dtype = str(runner.dtype).removeprefix("torch.")
-        pages = f"{self.batch_size} page{'s' * (self.batch_size != 1)} per batch"
+        continuous = self.settings.batching == "continuous" and runner.supports_continuous_batching
+        kind = "continuous batching" if continuous else "per batch"
+        pages = f"{self.batch_size} page{'s' * (self.batch_size != 1)} {kind}"
         return f"model {self.settings.model} on {runner.device} ({dtype}, {runner.attention} attention), {pages}"
 
     def ocr(self, source: Source, *, pages: str | Iterable[int] | None = None, dpi: int = 200,
@@ -122,7 +129,15 @@ class Reader:
     ) -> Pipeline:
         """A pipeline that reads `documents` into `sink`; call its `run` or `steps`."""
         request = RunRequest(task, self.settings.model, page_options, self.batch_size)
-        return Pipeline(request, self.runner.prepare, self.runner.generate_prepared, sink, reporter, page_observer)
+        runner = self.runner
+        stream = None
+        if self.settings.batching == "continuous" and runner.supports_continuous_batching:
+
+            def stream(pairs, task):
+                for streamed in runner.decode_stream(pairs, task, slots=self.batch_size):
+                    yield streamed.key, streamed.output
+
+        return Pipeline(request, runner.prepare, runner.generate_prepared, sink, reporter, page_observer, stream)
 
     def _read_many(
         self, task: str, sources: Iterable[Source], page_options: PageOptions, errors: str

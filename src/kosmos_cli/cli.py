@@ -59,6 +59,11 @@ class Method(str, Enum):
     full = "full"
 
 
+class Batching(str, Enum):
+    continuous = "continuous"
+    static = "static"
+
+
 class Attn(str, Enum):
     sdpa = "sdpa"
     eager = "eager"
@@ -133,6 +138,10 @@ MaxPatches = Annotated[
     Optional[int],
     typer.Option(min=16, metavar="N", rich_help_panel=SPEED, help="Image patches per page (default 4096): fewer is faster."),
 ]
+BatchingOption = Annotated[
+    Batching,
+    typer.Option(rich_help_panel=SPEED, help="continuous: a finished page's slot takes the next page at once."),
+]
 
 Ray = Annotated[
     Optional[str],
@@ -192,6 +201,7 @@ def ocr(
     batch_size: BatchSize = None,
     max_new_tokens: MaxNewTokens = 4096,
     max_patches: MaxPatches = None,
+    batching: BatchingOption = Batching.continuous,
     ray: Ray = None,
     workers: Workers = None,
     gpus_per_worker: GpusPerWorker = 1.0,
@@ -205,7 +215,7 @@ def ocr(
             output=OutputOptions(OcrFormat(format).value, output, draw, overwrite, RenderOptions(image_dpi, password)),
             batch_size=batch_size,
             page_options=_page_options(pages, dpi, password, max_pixels),
-            runner=_runner_settings(model, revision, device, dtype, attn, max_new_tokens, max_patches),
+            runner=_runner_settings(model, revision, device, dtype, attn, max_new_tokens, max_patches, batching),
             ray=_ray_options(ray, workers, gpus_per_worker, pages_per_task, verbose),
         ),
         quiet=quiet,
@@ -236,6 +246,7 @@ def md(
     batch_size: BatchSize = None,
     max_new_tokens: MaxNewTokens = 4096,
     max_patches: MaxPatches = None,
+    batching: BatchingOption = Batching.continuous,
     ray: Ray = None,
     workers: Workers = None,
     gpus_per_worker: GpusPerWorker = 1.0,
@@ -249,7 +260,7 @@ def md(
             output=OutputOptions(MdFormat(format).value, output, None, overwrite, RenderOptions(password=password)),
             batch_size=batch_size,
             page_options=_page_options(pages, dpi, password, max_pixels),
-            runner=_runner_settings(model, revision, device, dtype, attn, max_new_tokens, max_patches),
+            runner=_runner_settings(model, revision, device, dtype, attn, max_new_tokens, max_patches, batching),
             ray=_ray_options(ray, workers, gpus_per_worker, pages_per_task, verbose),
         ),
         quiet=quiet,
@@ -294,6 +305,7 @@ def eval_(
     batch_size: BatchSize = None,
     max_new_tokens: MaxNewTokens = 4096,
     max_patches: MaxPatches = None,
+    batching: BatchingOption = Batching.continuous,
 ) -> None:
     """Score the model against ground truth: CER, WER, and line detection (ocr)."""
     from .evaluation.run import EvalJob
@@ -304,7 +316,7 @@ def eval_(
         lambda: EvalJob(
             task=Task(task).value,
             paths=_input_paths(paths, files_from, null),
-            runner=_runner_settings(model, revision, device, dtype, attn, max_new_tokens, max_patches),
+            runner=_runner_settings(model, revision, device, dtype, attn, max_new_tokens, max_patches, batching),
             page_options=_page_options(pages, dpi, password, max_pixels),
             truth_dir=gt,
             iou=iou,
@@ -451,7 +463,7 @@ def _page_options(pages: str | None, dpi: int, password: str | None, max_pixels:
 
 
 def _runner_settings(model: str | None, revision: str | None, device: str, dtype: Dtype, attn: Attn,
-                     max_new_tokens: int, max_patches: int | None) -> RunnerSettings:  # fmt: skip
+                     max_new_tokens: int, max_patches: int | None, batching: Batching) -> RunnerSettings:  # fmt: skip
     return RunnerSettings(
         model=model or default_model(),
         revision=revision,
@@ -460,6 +472,7 @@ def _runner_settings(model: str | None, revision: str | None, device: str, dtype
         attn=Attn(attn).value,
         max_new_tokens=max_new_tokens,
         max_patches=max_patches,
+        batching=Batching(batching).value,
     )
 
 

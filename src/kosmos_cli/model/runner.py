@@ -42,6 +42,9 @@ class RunnerSettings:
     attn: str = "sdpa"
     max_new_tokens: int = 4096
     max_patches: int | None = None
+    # "continuous": a finished page's slot takes the next page at once (model/decode_loop.py);
+    # "static": pages share `generate` calls that run until their longest page ends.
+    batching: str = "continuous"
     # Benchmarks force a fixed length per page: min_new_tokens = max_new_tokens, no loop stop.
     min_new_tokens: int = 0
     stop_on_loops: bool = True
@@ -100,6 +103,14 @@ class ModelRunner:
         self.eos_token_id = self.processor.tokenizer.eos_token_id
         self.box_token_id = self.processor.tokenizer.convert_tokens_to_ids(BOX_TOKEN)
         self._prompts: dict[str, dict] = {}
+
+    @property
+    def supports_continuous_batching(self) -> bool:
+        """Whether `decode_stream` can run this model: it needs per-row key masks (not
+        flash attention) and applies no logits processors (none configured)."""
+        from .decode_loop import SUPPORTED_ATTENTION, configured_logits_settings
+
+        return self.attention in SUPPORTED_ATTENTION and not configured_logits_settings(self.model)
 
     def prepare(self, image: Image.Image) -> PreparedPage:
         """Resize and patch one page (CPU work, safe to run beside `generate_prepared`)."""
@@ -166,6 +177,50 @@ class ModelRunner:
         return RawOutput(
             text, page.resized_width, page.resized_height, truncated, looping, segments, mean_probability(logprobs)
         )
+
+
+    def decode_stream(self, pairs, task: str, slots: int | None = None, logits_hook=None):
+        """Read (key, PreparedPage) pairs with continuous batching; yield results as pages finish.
+
+        Yields `decode_loop.StreamedOutput(key, output, tokens, logprobs)` in order of
+        completion, not of input. `slots` (default: `auto_batch_size`) pages decode at a
+        time; a finished page's slot takes the next page at once. Keys must be unique.
+        See `decode_loop.ContinuousDecoder` (and its `run` for `logits_hook`).
+        """
+        import torch
+
+        from .decode_loop import ContinuousDecoder, StreamedOutput
+
+        decoder = ContinuousDecoder(
+            self.model,
+            self._prompt(task),
+            self.eos_token_id,
+            self.settings.max_new_tokens,
+            slots=slots or auto_batch_size(self),
+            stop_on_loops=self.settings.stop_on_loops,
+            min_new_tokens=self.settings.min_new_tokens,
+            device=self.device,
+            dtype=self.dtype,
+        )
+        self.last_decoder = decoder  # its `stats` tell benchmarks how the slots were used
+        sizes: dict = {}
+
+        def remembered():
+            # Only the sizes stay here; the decoder lets go of a page's patches once it is prefilled.
+            for key, page in pairs:
+                if key in sizes:
+                    raise UsageError(f"decode_stream: key {key!r} given twice")
+                sizes[key] = (page.resized_width, page.resized_height)
+                yield key, page
+
+        try:
+            for finished in decoder.run(remembered(), logits_hook):
+                page = PreparedPage(None, *sizes.pop(finished.key))
+                output = self.raw_output(page, finished.tokens, finished.logprobs, finished.truncated, finished.looping)
+                yield StreamedOutput(finished.key, output, finished.tokens, finished.logprobs)
+        except (RuntimeError, torch.OutOfMemoryError) as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise GenerationFailed(f"model failed: {first_line}") from exc
 
 
 def mean_probability(logprobs: list[float]) -> float | None:

@@ -1,0 +1,482 @@
+"""Continuous batching: a greedy decode loop over a fixed number of slots.
+
+`generate` runs a batch until its longest page ends, so a receipt that needs 200
+tokens waits, and holds a row, while an A4 page in its batch needs 3,000. Here each
+page owns one row (a *slot*) of a key/value cache only while it decodes: when it emits
+EOS, reaches `max_new_tokens` or is stopped for looping, its slot is freed and the
+next page is prefilled (vision encoder, image projection, prompt) into it and joins
+the running batch at the next step, with its own positions and its own cache length.
+
+The loop calls the model's modules directly, in the order `Kosmos2_5TextTransformer`
+does, rather than `generate`:
+
+- positions are explicit per row; the sinusoidal table starts at `padding_idx + 1`
+  (transformers' own `create_position_ids_from_input_ids` builds them, so a generated
+  padding token gets the same zero position as in `generate`);
+- the segment embedding marks image positions from `image_embeds_position_mask`
+  in the prefill; later steps take no image inputs (segment 0), as in `generate`;
+- rows have different cache lengths, so decoding steps pass an explicit mask over the
+  keys (boolean for SDPA and the CPU kernel, additive for eager attention);
+- the position table is extended up front: it only grows inside eager forward calls.
+
+Each page's tokens equal those of its own single-page greedy `generate` run (up to the
+rounding differences any change of batch shape brings; tests check equality in float32).
+torch is imported inside functions so the CLI's `--help` stays instant.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from .compat import cache_keyword
+from .cpu_attention import CPU_ATTENTION
+from .repetition import find_loop
+from .runner import RawOutput, finish_row
+
+if TYPE_CHECKING:
+    from .runner import PreparedPage
+
+# Attention implementations a decoding step can give a per-row key mask to.
+SUPPORTED_ATTENTION = ("sdpa", "eager", CPU_ATTENTION)
+# Same cadence as runner._stop_on_loop: `generate` checks for loops every 8 new tokens,
+# so a page is stopped at the same step in both.
+LOOP_CHECK_EVERY = 8
+# The cache grows (and shrinks) in blocks of this many positions: the CPU decode kernel
+# reads the whole buffer, so unused capacity costs time on every step.
+CACHE_BLOCK = 256
+# Capacities are multiples of this, so that masks over them suit the fused GPU kernels.
+CACHE_ALIGN = 64
+# Generation settings that would make `generate` change logits before its argmax; this
+# loop applies none of them, so a model configured with one is refused.
+_LOGITS_SETTINGS = (
+    "repetition_penalty", "encoder_repetition_penalty", "no_repeat_ngram_size", "bad_words_ids",
+    "suppress_tokens", "begin_suppress_tokens", "forced_bos_token_id", "forced_eos_token_id",
+    "sequence_bias", "min_length", "min_new_tokens", "exponential_decay_length_penalty",
+)  # fmt: skip
+
+
+class FinishedPage(NamedTuple):
+    """One page out of the loop: its key, tokens (EOS included), and how it ended.
+
+    `logprobs[i]` is the log-probability of `tokens[i]` under the model's distribution
+    at that step (raw logits, before min-length or hook adjustments).
+    """
+
+    key: Hashable
+    tokens: list[int]
+    logprobs: list[float]
+    truncated: bool
+    looping: bool
+
+
+@dataclass
+class StreamedOutput:
+    """`ModelRunner.decode_stream`'s result for one page: its RawOutput and token details."""
+
+    key: Hashable
+    output: RawOutput
+    tokens: list[int]
+    logprobs: list[float]
+
+
+@dataclass
+class LoopStats:
+    """What one `run` did: for benchmarks and for checking the slots are kept busy."""
+
+    pages: int = 0
+    prefills: int = 0
+    prefill_rows: int = 0
+    decode_steps: int = 0
+    row_steps: int = 0  # sum of active rows over decoding steps
+    tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    peak_capacity: int = 0
+    group_sizes: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Row:
+    key: Hashable
+    tokens: list[int]
+    logprobs: list[float]
+    length: int  # positions in the cache; the last token is not in it yet
+
+
+class _SlotCache:
+    """The duck-typed cache the text layers call `update` on: writes into slot buffers.
+
+    Buffers are [slots, heads, capacity, dim] per layer. In a prefill the new keys go
+    to rows `rows`, positions 0..P-1, and attention runs on them as they are (causal).
+    In a decoding step each active row's key goes to its own position `lengths[row]`
+    and attention gets rows 0..n-1 of the whole buffers (contiguous) plus a key mask.
+    Whole buffers, not the longest row's length: the shapes then change only when the
+    capacity does, every CACHE_BLOCK steps, rather than at every step (kernels that plan
+    per shape, such as cuDNN's attention, would plan again each time), and the CPU
+    decode kernel reads whole buffers anyway.
+    """
+
+    def __init__(self) -> None:
+        self.keys: list = []
+        self.values: list = []
+        self.mode = "prefill"
+        self.rows = slice(0)  # the prefill's rows: a new group always goes right after the live rows
+        self.prompt_length = 0
+        self.active = 0
+        self.positions = None  # [n] write position per active row (device)
+        self.row_index = None  # [n] arange (device)
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        """Store this step's keys/values for layer `layer_idx`; return what attention reads."""
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        if self.mode == "prefill":
+            keys[self.rows, :, : self.prompt_length] = key_states
+            values[self.rows, :, : self.prompt_length] = value_states
+            return key_states, value_states
+        keys[self.row_index, :, self.positions] = key_states[:, :, 0]
+        values[self.row_index, :, self.positions] = value_states[:, :, 0]
+        return keys[: self.active], values[: self.active]
+
+
+class ContinuousDecoder:
+    """Greedy decoding of a stream of pages over `slots` rows that are refilled as pages end.
+
+    `prompt` holds the task's `input_ids`, `attention_mask` and
+    `image_embeds_position_mask` for one page ([1, P] each, as `ModelRunner._prompt`
+    builds them); every page shares it. `max_prefill` caps how many pages are
+    prefilled together (default: `slots`), which bounds the prefill's activations.
+    Memory held: the slots' caches (at most [slots, heads, P + max_new_tokens, dim] per
+    layer, grown and shrunk in blocks of CACHE_BLOCK) plus one prefill group.
+    """
+
+    def __init__(
+        self,
+        model,
+        prompt: dict,
+        eos_token_id: int,
+        max_new_tokens: int,
+        *,
+        slots: int,
+        stop_on_loops: bool = True,
+        min_new_tokens: int = 0,
+        device=None,
+        dtype=None,
+        max_prefill: int | None = None,
+    ) -> None:
+        import torch
+
+        if slots < 1:
+            raise ValueError(f"slots must be at least 1, got {slots}")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        text_config = model.config.text_config
+        attention = getattr(text_config, "_attn_implementation", None) or "eager"
+        if attention not in SUPPORTED_ATTENTION:
+            raise ValueError(
+                f"continuous batching needs per-row key masks; attention '{attention}' is not supported "
+                f"(use one of {', '.join(SUPPORTED_ATTENTION)})"
+            )
+        unsupported = configured_logits_settings(model)
+        if unsupported:
+            raise ValueError(f"continuous batching applies no logits processors; the model sets {unsupported}")
+        self.model = model
+        self.transformer = model.text_model.model
+        self.device = torch.device(device) if device is not None else model.device
+        self.dtype = dtype if dtype is not None else model.dtype
+        self.eos_token_id = int(eos_token_id)
+        self.max_new_tokens = int(max_new_tokens)
+        self.min_new_tokens = int(min_new_tokens)
+        self.stop_on_loops = stop_on_loops
+        self.slots = int(slots)
+        self.max_prefill = max(1, min(self.slots, max_prefill or self.slots))
+        self.attention = attention
+        self.input_ids = prompt["input_ids"].to(self.device)
+        self.image_mask = prompt["image_embeds_position_mask"].to(self.device)
+        if self.input_ids.dim() != 2 or self.input_ids.shape[0] != 1:
+            raise ValueError(f"prompt input_ids must be [1, length], got {tuple(self.input_ids.shape)}")
+        attention_mask = prompt.get("attention_mask")
+        if attention_mask is not None and not bool(attention_mask.bool().all()):
+            raise ValueError("the prompt must not be padded")
+        self.prompt_length = self.input_ids.shape[1]
+        self.capacity_limit = _round_up(self.prompt_length + self.max_new_tokens, CACHE_ALIGN)
+        self.padding_idx = self.transformer.embed_positions.padding_idx
+        self.stats = LoopStats()
+        self._extend_position_table(self.padding_idx + 1 + self.capacity_limit + 1)
+
+    def _extend_position_table(self, needed: int) -> None:
+        # The table grows only when an eager forward computes a longer length than it has;
+        # with explicit positions that never happens, so make it long enough now.
+        positions = self.transformer.embed_positions
+        if positions.weights.size(0) < needed:
+            positions.make_weights(needed + positions.offset, positions.embedding_dim, positions.padding_idx)
+
+    def run(
+        self,
+        pages: Iterable[tuple[Hashable, PreparedPage]],
+        logits_hook: Callable[[list[Hashable], list[int], Any], None] | None = None,
+    ) -> Iterator[FinishedPage]:
+        """Decode every page of `pages`; yield each as it finishes (in order of completion).
+
+        `pages` is read lazily, one prefill group at a time. `logits_hook(keys,
+        generated, logits)` may change a step's float32 logits [rows, vocab] in place
+        before the argmax (`generated[i]`: tokens row i has so far); benchmarks use it
+        to end pages at scheduled lengths.
+        """
+        import torch
+
+        self.stats = LoopStats()
+        source = iter(pages)
+        rows: list[_Row] = []
+        cache = _SlotCache()
+        exhausted = False
+        # Inference mode around each piece of work, never across a `yield`: it is thread state,
+        # and the caller's code between two pages must not run in it.
+        try:
+            while True:
+                while not exhausted and len(rows) < self.slots:
+                    group = []
+                    for key, page in source:
+                        group.append((key, page))
+                        if len(group) >= min(self.max_prefill, self.slots - len(rows)):
+                            break
+                    if not group:
+                        exhausted = True
+                        break
+                    started = time.perf_counter()
+                    with torch.inference_mode():
+                        tokens, logprobs = self._prefill(cache, group, len(rows), logits_hook)
+                    self.stats.prefill_seconds += time.perf_counter() - started
+                    self.stats.prefills += 1
+                    self.stats.prefill_rows += len(group)
+                    self.stats.group_sizes.append(len(group))
+                    for (key, _page), token, logprob in zip(group, tokens, logprobs):
+                        rows.append(_Row(key, [token], [logprob], self.prompt_length))
+                    del group
+                    with torch.inference_mode():
+                        finished = self._retire(cache, rows)
+                    yield from finished
+                if not rows:
+                    break
+                started = time.perf_counter()
+                with torch.inference_mode():
+                    self._step(cache, rows, logits_hook)
+                    finished = self._retire(cache, rows)
+                self.stats.decode_seconds += time.perf_counter() - started
+                yield from finished
+        finally:
+            cache.keys.clear()
+            cache.values.clear()
+
+    # -- the model's modules, called as Kosmos2_5TextTransformer.forward calls them --
+
+    def _prefill(self, cache: _SlotCache, group, first_row: int, logits_hook):
+        """Vision encoder, image projection and prompt for a group of pages, into rows first_row.."""
+        import torch
+
+        model, transformer = self.model, self.transformer
+        count = len(group)
+        patches = torch.stack([page.flattened_patches for _key, page in group]).to(self.device, self.dtype)
+        features = model.vision_model(flattened_patches=patches).last_hidden_state
+        image_embeds = torch.nn.functional.normalize(features, dim=-1)
+        image_embeds = model.image_to_text_projection(image_embeds)[0]
+        del features, patches
+
+        input_ids = self.input_ids.expand(count, -1)
+        image_mask = self.image_mask.expand(count, -1)
+        embeds = transformer.embed_tokens(input_ids).clone()
+        embeds[image_mask == 1] = image_embeds.to(embeds.device, embeds.dtype).view(-1, image_embeds.shape[-1])
+        embeds = embeds * transformer.embed_scale
+        position_ids = transformer.embed_positions.create_position_ids_from_input_ids(input_ids, self.padding_idx, 0)
+        positions = transformer.embed_positions(input_ids=input_ids, position_ids=position_ids).to(embeds.device)
+        positions += transformer.segment_emb(image_mask.ne(0).long()).to(positions.device)
+        hidden = embeds + positions
+        del embeds, positions, image_embeds
+
+        self._reserve(cache, self.prompt_length, first_row)
+        cache.mode = "prefill"
+        cache.rows = slice(first_row, first_row + count)
+        cache.prompt_length = self.prompt_length
+        mask = None if self.attention != "eager" else self._causal_mask(self.prompt_length)
+        hidden = self._layers(hidden, mask, cache)
+        last = transformer.layer_norm(hidden[:, -1:])
+        logits = model.text_model.lm_head(last)[:, -1]
+        keys = [key for key, _page in group]
+        return self._choose(logits, keys, [0] * count, logits_hook)
+
+    def _step(self, cache: _SlotCache, rows: list[_Row], logits_hook) -> None:
+        """One decoding step for every active row: one new token each."""
+        import torch
+
+        transformer = self.transformer
+        count = len(rows)
+        lengths = [row.length for row in rows]
+        self._reserve(cache, max(lengths) + 1, count)
+        width = cache.keys[0].shape[2]
+        input_ids = torch.tensor([[row.tokens[-1]] for row in rows], device=self.device)
+        positions_now = torch.tensor(lengths, device=self.device)
+        embeds = transformer.embed_tokens(input_ids) * transformer.embed_scale
+        # `generate` passes the cache length; the same function turns it into positions.
+        position_ids = transformer.embed_positions.create_position_ids_from_input_ids(
+            input_ids, self.padding_idx, positions_now[:, None]
+        )
+        positions = transformer.embed_positions(input_ids=input_ids, position_ids=position_ids).to(embeds.device)
+        zero_segment = torch.zeros((count, 1), dtype=torch.long, device=transformer.segment_emb.weight.device)
+        positions += transformer.segment_emb(zero_segment).to(positions.device)
+        hidden = embeds + positions
+
+        cache.mode = "decode"
+        cache.active = count
+        cache.positions = positions_now
+        cache.row_index = torch.arange(count, device=self.device)
+        mask = self._key_mask(positions_now, width)
+        hidden = self._layers(hidden, mask, cache)
+        logits = self.model.text_model.lm_head(transformer.layer_norm(hidden))[:, -1]
+        keys = [row.key for row in rows]
+        tokens, logprobs = self._choose(logits, keys, [len(row.tokens) for row in rows], logits_hook)
+        for row, token, logprob in zip(rows, tokens, logprobs):
+            row.tokens.append(token)
+            row.logprobs.append(logprob)
+            row.length += 1
+        self.stats.decode_steps += 1
+        self.stats.row_steps += count
+
+    def _layers(self, hidden, mask, cache: _SlotCache):
+        keyword = {cache_keyword(): cache}
+        for layer in self.transformer.layers:
+            hidden = layer(hidden, attention_mask=mask, **keyword)
+        return hidden
+
+    def _choose(self, logits, keys, generated: list[int], logits_hook):
+        """Greedy choice per row and its log-probability; nothing vocabulary-sized is kept."""
+        import torch
+
+        scores = logits.float()
+        chosen_from = scores
+        if self.min_new_tokens or logits_hook is not None:
+            chosen_from = scores.clone()
+            if self.min_new_tokens:
+                early = torch.tensor([count < self.min_new_tokens for count in generated], device=scores.device)
+                chosen_from[early, self.eos_token_id] = float("-inf")
+            if logits_hook is not None:
+                logits_hook(keys, generated, chosen_from)
+        tokens = chosen_from.argmax(dim=-1)
+        logprobs = scores.gather(-1, tokens[:, None])[:, 0] - torch.logsumexp(scores, dim=-1)
+        # One transfer for both: the host needs the tokens to decide which rows end.
+        both = torch.stack([tokens.to(torch.float64), logprobs.to(torch.float64)]).tolist()
+        return [int(token) for token in both[0]], both[1]
+
+    def _key_mask(self, lengths, width: int):
+        """[rows, 1, 1, width]: row r attends to its positions 0..lengths[r] (the new token's too)."""
+        import torch
+
+        allowed = torch.arange(width, device=lengths.device)[None, :] <= lengths[:, None]
+        allowed = allowed[:, None, None, :]
+        if self.attention == "eager":
+            return _additive(allowed, self.dtype)
+        return allowed
+
+    def _causal_mask(self, length: int):
+        import torch
+
+        allowed = torch.ones(length, length, dtype=torch.bool, device=self.device).tril_()
+        return _additive(allowed[None, None], self.dtype)
+
+    # -- slot bookkeeping --
+
+    def _retire(self, cache: _SlotCache, rows: list[_Row]) -> list[FinishedPage]:
+        """Take the rows that are done out of `rows`, free their slots and pack the others to the front."""
+        done = [index for index, row in enumerate(rows) if self._finished(row)]
+        if not done:
+            return []
+        finished = [rows[index] for index in done]
+        keep = [index for index in range(len(rows)) if index not in done]
+        # Move the last live rows into the holes so rows 0..n-1 stay the live ones: a
+        # decoding step then runs on a prefix of the buffers with no idle rows in it.
+        holes = [index for index in done if index < len(keep)]
+        movers = [index for index in keep if index >= len(keep)]
+        for hole, mover in zip(holes, movers):
+            length = rows[mover].length
+            for buffer in (*cache.keys, *cache.values):
+                buffer[hole, :, :length] = buffer[mover, :, :length]
+            rows[hole] = rows[mover]
+        del rows[len(keep) :]
+        self._fit(cache, rows)
+        pages = []
+        for row in finished:
+            tokens, truncated, looping = finish_row(row.tokens, self.eos_token_id, self.stop_on_loops)
+            self.stats.pages += 1
+            self.stats.tokens += len(row.tokens)
+            pages.append(FinishedPage(row.key, tokens, row.logprobs[: len(tokens)], truncated, looping))
+        return pages
+
+    def _finished(self, row: _Row) -> bool:
+        count = len(row.tokens)
+        if row.tokens[-1] == self.eos_token_id or count >= self.max_new_tokens:
+            return True
+        return self.stop_on_loops and count % LOOP_CHECK_EVERY == 0 and find_loop(row.tokens) is not None
+
+    def _reserve(self, cache: _SlotCache, width: int, rows_in_use: int) -> None:
+        """Make the buffers hold `width` positions (allocating them on first use)."""
+        if cache.keys and cache.keys[0].shape[2] >= width:
+            return
+        capacity = min(self.capacity_limit, _round_up(width + CACHE_BLOCK, CACHE_ALIGN))
+        self._reallocate(cache, capacity, rows_in_use)
+
+    def _fit(self, cache: _SlotCache, rows: list[_Row]) -> None:
+        """Give back capacity no live row needs any more (the longest page just ended)."""
+        if not cache.keys:
+            return
+        needed = max((row.length + 1 for row in rows), default=self.prompt_length)
+        if cache.keys[0].shape[2] - needed > 2 * CACHE_BLOCK:
+            capacity = min(self.capacity_limit, _round_up(needed + CACHE_BLOCK, CACHE_ALIGN))
+            self._reallocate(cache, capacity, len(rows))
+
+    def _reallocate(self, cache: _SlotCache, capacity: int, rows_in_use: int) -> None:
+        # Zeros, not garbage: the CPU decode kernel multiplies the whole buffer before masking.
+        if not cache.keys:
+            config = self.model.config.text_config
+            heads = config.attention_heads
+            shape = (self.slots, heads, capacity, config.embed_dim // heads)
+            for _layer in self.transformer.layers:
+                cache.keys.append(self._zeros(shape))
+                cache.values.append(self._zeros(shape))
+        else:
+            keep = min(capacity, cache.keys[0].shape[2])
+            for buffers in (cache.keys, cache.values):
+                for index, old in enumerate(buffers):
+                    new = self._zeros((old.shape[0], old.shape[1], capacity, old.shape[3]))
+                    new[:rows_in_use, :, :keep] = old[:rows_in_use, :, :keep]
+                    buffers[index] = new  # one layer at a time: the old buffer goes here
+        self.stats.peak_capacity = max(self.stats.peak_capacity, capacity)
+
+    def _zeros(self, shape):
+        import torch
+
+        return torch.zeros(shape, dtype=self.dtype, device=self.device)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _additive(allowed, dtype):
+    """A boolean mask as eager attention takes it: 0 where allowed, the dtype's minimum elsewhere."""
+    import torch
+
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
+        ~allowed, torch.finfo(dtype).min
+    )
+
+
+def configured_logits_settings(model) -> list[str]:
+    """The model's generation settings that would change `generate`'s logits (vs. defaults)."""
+    config = getattr(model, "generation_config", None)
+    if config is None:
+        return []
+    from transformers import GenerationConfig
+
+    defaults = GenerationConfig()
+    return [name for name in _LOGITS_SETTINGS if getattr(config, name, None) != getattr(defaults, name, None)]
