@@ -90,3 +90,18 @@ def test_readme_api_example_runs(tmp_path, trained_model):
     assert result.returncode == 0, result.stderr
     assert "TOTAL 12.50" in result.stdout
     assert (tmp_path / "out" / "receipt.pdf").is_file()
+
+
+def test_continuous_and_static_batching_give_the_same_documents(trained_model, random_model, tmp_path):
+    # The random checkpoint's pages end at different steps, so slots are refilled mid-run.
+    multipage_pdf(tmp_path / "a.pdf", pages=3)
+    Image.new("RGB", (300, 500), "white").save(tmp_path / "b.png")
+    sources = [tmp_path / "a.pdf", tmp_path / "b.png"]
+    for model in (trained_model, random_model):
+        docs = {}
+        for batching in ("continuous", "static"):
+            reader = kosmos_cli.Reader(model=str(model), dtype="float32", max_new_tokens=40, batch_size=2,
+                                       batching=batching)  # fmt: skip
+            assert batching in reader.describe() or "per batch" in reader.describe()
+            docs[batching] = [d.to_dict() for d in reader.ocr_many(sources, dpi=50)]
+        assert docs["continuous"] == docs["static"]

@@ -203,7 +203,15 @@ def test_looping_and_runner_glue_match_generate_prepared(varied_model, monkeypat
     alone = [runner.generate_prepared([page], "ocr")[0] for page in pages]
     assert any(output.looping for output in alone) and any(not output.looping for output in alone)
     streamed = {item.key: item for item in runner.decode_stream(enumerate(pages), "ocr", slots=3)}
-    assert [streamed[key].output for key in range(len(pages))] == alone
+    outputs = [streamed[key].output for key in range(len(pages))]
+
+    def text_and_flags(output):
+        return output.text, output.resized_width, output.resized_height, output.truncated, output.looping
+
+    assert list(map(text_and_flags, outputs)) == list(map(text_and_flags, alone))
+    # Confidences as the static path computes them, to float32 rounding.
+    assert [o.confidence for o in outputs] == pytest.approx([o.confidence for o in alone], rel=1e-4)
+    assert [len(o.segment_confidences) for o in outputs] == [len(o.segment_confidences) for o in alone]
     for key, page in enumerate(pages):
         tokens, logprobs, *_ = _reference(runner, page, runner.eos_token_id, NEW_TOKENS, stop_on_loops=True)
         assert streamed[key].tokens == tokens

@@ -106,3 +106,45 @@ def test_a_page_the_model_fails_on_costs_only_itself(tmp_path):
     messages = stderr.read_text()
     assert "kosmos25: error: " + documents[0].source + ": page 2: out of memory" in messages
     assert "2 of 3 pages written" in messages and (tmp_path / "out" / ".scan.tsv.failed-pages.json").is_file()
+
+
+def test_a_stream_that_fails_costs_only_the_page_that_fails_alone(tmp_path):
+    """The continuous-batching path, without a model: the stream breaks on page 2 with
+    pages in flight; those are read alone, page 2 is recorded failed, the stream goes on."""
+    from kosmos_cli.errors import GenerationFailed
+    from kosmos_cli.inputs.documents import PageOptions, collect_documents
+    from kosmos_cli.model.runner import RawOutput
+    from kosmos_cli.outputs.files import DirectorySink
+    from kosmos_cli.outputs.formats import FORMATS, RenderOptions
+    from kosmos_cli.run.pipeline import Pipeline, RunRequest
+    from kosmos_cli.run.progress import PlainReporter
+
+    documents, _ = collect_documents([str(pdf_with_big_page(tmp_path / "scan.pdf"))])
+
+    def raw(size):
+        return RawOutput(f"<bbox><x_1><y_1><x_5><y_5></bbox>{size[0]}", 8, 8, False)
+
+    def generate(sizes, task):
+        if (120, 160) in sizes:
+            raise GenerationFailed("out of memory")
+        return [raw(size) for size in sizes]
+
+    streams = []
+
+    def stream(pairs, task):
+        streams.append(task)
+        for key, size in pairs:  # one slot: each page ends before the next is taken
+            if size == (120, 160):
+                raise GenerationFailed("out of memory")
+            yield key, raw(size)
+
+    sink = DirectorySink(tmp_path / "out", FORMATS["tsv"], RenderOptions())
+    with open(tmp_path / "stderr.txt", "w") as errors:
+        request = RunRequest("ocr", "m", PageOptions(dpi=10), batch_size=1)
+        pipeline = Pipeline(request, lambda image: image.size, generate, sink, PlainReporter(errors), stream=stream)
+        summary = pipeline.run(documents)
+    assert len(streams) == 2  # the stream was started again after the failure
+    assert (summary.failed, summary.pages, summary.failed_pages) == (1, 2, 1)
+    rows = (tmp_path / "out" / "scan.tsv").read_text().splitlines()[1:]
+    assert [row.split("\t")[1] for row in rows] == ["1", "3"]
+    assert ": page 2: out of memory" in (tmp_path / "stderr.txt").read_text()
