@@ -97,13 +97,13 @@ def test_full_fine_tune_learns_a_new_answer_and_eval_scores_it(tmp_path, trained
     image = _new_answer_image(tmp_path / "data")  # the checkpoint answers "TOTAL 12.50 ..." before training
     run = tmp_path / "run"
     result = run_cli("train", str(image), "-o", str(run), "--model", str(trained_model), "--method", "full",
-                     "--epochs", "30", "--val-split", "0", "--lr", "3e-3")  # fmt: skip
+                     "--epochs", "30", "--val-split", "0", "--lr", "1e-2", "--warmup-steps", "0")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in run.iterdir()) == ["best", "config.json", "last", "metrics.jsonl"]
     config = json.loads((run / "config.json").read_text())
     assert config["method"] == "full" and config["pages_train"] == [f"{image}#1"]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    steps = [r["train_loss"] for r in records if "train_loss" in r]
+    steps = [r["loss"] for r in records]
     assert len(steps) == 30 and steps[-1] < steps[0] / 10
     after = run_cli("eval", str(image), "--model", str(run / "best"), "--report", str(tmp_path / "after.json"))
     assert after.returncode == 0, after.stderr
@@ -148,3 +148,100 @@ def test_readme_training_options_match_help():
     section = readme[readme.index("## Teaching it my documents") :]
     table = section[section.index("| option | default | meaning |") :].split("\n\n", 1)[0]
     assert {re.match(r"\| `(--[\w-]+)", row).group(1) for row in table.splitlines()[3:]} == in_help
+
+
+def _pages_with_truth(folder: Path, count: int) -> Path:
+    """`count` small pages, each with a one-line ground truth of its own."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in range(count):
+        Image.new("RGB", (200 + 40 * n, 120), "white").save(folder / f"p{n}.png")
+        (folder / f"p{n}.txt").write_text(f"HELLO {n}\n")
+    return folder
+
+
+def _adapter_weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+@pytest.mark.cli
+@pytest.mark.model
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, trained_model):
+    """Stopped by --max-steps 2 in the middle of an epoch, resumed to step 4: the same adapter,
+    bit for bit, as a run that went to step 4 at once (dropout on, so the random state counts)."""
+    data = _pages_with_truth(tmp_path / "data", 3)
+    common = ["--model", str(trained_model), "--val-split", "0", "--epochs", "2", "--lora-rank", "4",
+              "--lora-dropout", "0.1", "--lr", "1e-3"]  # fmt: skip
+    whole = run_cli("train", str(data), "-o", str(tmp_path / "whole"), "--max-steps", "4", *common)
+    assert whole.returncode == 0, whole.stderr
+    first = run_cli("train", str(data), "-o", str(tmp_path / "run"), "--max-steps", "2", *common)
+    assert first.returncode == 0, first.stderr
+    assert "LoRA on " in first.stderr
+    assert (tmp_path / "run" / "last" / "training_state.pt").is_file()
+    assert not list((tmp_path / "run").glob(".*"))  # no temporary or set-aside checkpoint left behind
+    second = run_cli("train", str(data), "--resume", str(tmp_path / "run"), "--max-steps", "4", *common)
+    assert second.returncode == 0, second.stderr
+    assert "resuming" in second.stderr and "at step 2" in second.stderr
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    expected = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in records] == [r["loss"] for r in expected]
+    got, want = _adapter_weights(tmp_path / "run" / "last"), _adapter_weights(tmp_path / "whole" / "last")
+    assert got.keys() == want.keys() and all((got[k] == want[k]).all() for k in got)
+    changed = run_cli("train", str(data), "--resume", str(tmp_path / "run"), "--max-steps", "5",
+                      *common[:-1], "2e-3")  # fmt: skip
+    assert changed.returncode == 2 and "changes lr" in changed.stderr
+
+
+@pytest.mark.cli
+@pytest.mark.model
+def test_sigterm_leaves_a_resumable_last_and_exits_130(tmp_path, trained_model):
+    import signal
+    import subprocess
+    import time
+
+    from conftest import KOSMOS25
+
+    data = _pages_with_truth(tmp_path / "data", 1)
+    run = tmp_path / "run"
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen([str(KOSMOS25), "train", str(data), "-o", str(run), "--model", str(trained_model),
+                                "--val-split", "0", "--epochs", "1000", "--lora-rank", "4"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (run / "last" / "training_state.pt").is_file():
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    message = err.strip().splitlines()[-1]
+    assert "interrupted at step" in message and f"--resume {run}" in message
+    assert (run / "last" / "training_state.pt").is_file() and (run / "last" / "adapter_model.safetensors").is_file()
+
+
+def test_lora_targets_match_text_modules_and_vision_only_when_asked(random_model):
+    from transformers import Kosmos2_5ForConditionalGeneration
+
+    from kosmos_cli.training.lora import lora_targets, matching_modules, with_lora
+
+    model = Kosmos2_5ForConditionalGeneration.from_pretrained(random_model)
+    text = matching_modules(model, lora_targets(vision=False))
+    both = matching_modules(model, lora_targets(vision=True))
+    assert text and all(".text_model." in f".{name}" for name in text)
+    vision = [name for name in both if name.startswith("vision_model.")]
+    assert vision and set(both) == set(text) | set(vision)
+    assert {name.rsplit(".", 1)[1] for name in vision} == {"query", "key", "value", "output", "wi_0", "wi_1", "wo"}
+    wrapped, count = with_lora(model, rank=2, alpha=4, dropout=0.0, vision=True)
+    assert count == len(both)
+    adapted = {name.rsplit(".lora_A", 1)[0] for name, _ in wrapped.named_modules() if name.endswith(".lora_A")}
+    assert len(adapted) == count
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    from kosmos_cli.training.schedule import default_warmup, lr_factor
+
+    assert default_warmup(100) == 10 and default_warmup(3) == 0
+    factors = [lr_factor(step, 2, 10) for step in range(10)]
+    assert factors[0] == pytest.approx(1 / 3) and factors[1] == pytest.approx(2 / 3) and factors[2] == 1.0
+    assert all(a >= b for a, b in zip(factors[2:], factors[3:])) and lr_factor(10, 2, 10) == 0.0
