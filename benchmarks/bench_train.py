@@ -108,10 +108,11 @@ def main() -> int:
         started = time.perf_counter()
         loss = model(**batch).loss
         loss.backward()
+        loss = loss.detach()
         optimizer.step()
         optimizer.zero_grad()
         elapsed = time.perf_counter() - started
-        print(f"step {step} ({'warm-up' if step == 0 else 'timed'}): {elapsed:.1f} s, loss {float(loss):.3f}", flush=True)
+        print(f"step {step} ({'warm-up' if step == 0 else 'timed'}): {elapsed:.1f} s, loss {loss.item():.3f}", flush=True)
         if step:
             times.append(elapsed)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB

@@ -245,3 +245,47 @@ def test_schedule_warms_up_then_decays_to_zero():
     factors = [lr_factor(step, 2, 10) for step in range(10)]
     assert factors[0] == pytest.approx(1 / 3) and factors[1] == pytest.approx(2 / 3) and factors[2] == 1.0
     assert all(a >= b for a, b in zip(factors[2:], factors[3:])) and lr_factor(10, 2, 10) == 0.0
+
+
+@pytest.mark.cli
+@pytest.mark.model
+def test_eval_every_validates_by_step_with_cer_in_metrics(tmp_path, trained_model):
+    data = _pages_with_truth(tmp_path / "data", 2)
+    run = tmp_path / "run"
+    result = run_cli("train", str(data), "-o", str(run), "--model", str(trained_model), "--val-split", "0.5",
+                     "--epochs", "4", "--eval-every", "2", "--lora-rank", "2", "--lora-alpha", "8")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4] and all("loss" in r and "lr" in r for r in records)
+    assert [r["step"] for r in records if "val_loss" in r] == [2, 4]
+    assert all(0 <= r["cer"] for r in records if "val_loss" in r)
+    assert "step 1/4: loss" in result.stderr  # plain progress lines off a terminal
+    assert json.loads((run / "best" / "adapter_config.json").read_text())["lora_alpha"] == 8
+
+
+class _Saves:
+    """Stands in for a model or processor: writes `config.json` holding `value`, or fails."""
+
+    def __init__(self, value: str, fail: bool = False) -> None:
+        self.value, self.fail = value, fail
+
+    def save_pretrained(self, folder: Path) -> None:
+        (Path(folder) / "config.json").write_text(json.dumps({"value": self.value}))
+        if self.fail:
+            raise OSError(28, "No space left on device")
+
+
+def test_failed_save_keeps_the_previous_checkpoint_whole(tmp_path):
+    from kosmos_cli.errors import OutputFailed
+    from kosmos_cli.training.state import checkpoint_folder, load_state, save_checkpoint
+
+    save_checkpoint(_Saves("one"), _Saves("one"), tmp_path, "last", "base", state={"step": 1})
+    with pytest.raises(OutputFailed, match="No space left"):
+        save_checkpoint(_Saves("two", fail=True), _Saves("two"), tmp_path, "last", "base", state={"step": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+    assert json.loads((tmp_path / "last" / "config.json").read_text())["value"] == "one"
+    assert load_state(tmp_path)[1] == {"step": 1}
+    (tmp_path / "last").rename(tmp_path / ".last.old")  # killed between the two renames
+    assert checkpoint_folder(tmp_path, "last") == tmp_path / ".last.old"
+    save_checkpoint(_Saves("three"), _Saves("three"), tmp_path, "last", "base", state={"step": 3})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"] and load_state(tmp_path)[1] == {"step": 3}

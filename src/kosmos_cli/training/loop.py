@@ -253,7 +253,13 @@ def _keep_metrics_until(path: Path, step: int) -> None:
         lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
     except OSError as exc:
         raise OutputFailed(f"cannot read {path}: {exc.strerror or exc}") from None
-    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except ValueError:
+            continue  # a line cut short when the run was killed while writing it
     write_atomic(path, "".join(f"{line}\n" for line in kept))
 
 

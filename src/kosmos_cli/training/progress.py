@@ -55,7 +55,7 @@ class TrainProgress:
             self.noted = True
             per_step = (time.monotonic() - self.started) / done
             self.reporter.info(f"on CPU a step of this {self.parameters / 1e6:.0f}M-parameter model takes about "
-                               f"{per_step:.0f} s: a GPU is the practical place to train the real model")  # fmt: skip
+                               f"{_duration(per_step)}: a GPU is the practical place to train the real model")  # fmt: skip
 
     def evaluated(self, cer: float | None) -> None:
         self.cer = cer
@@ -67,6 +67,8 @@ class TrainProgress:
 
 
 def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:

@@ -56,6 +56,9 @@ def save_checkpoint(model, processor, run_dir: Path, name: str, base_model: str,
         shutil.rmtree(old, ignore_errors=True)
     except OSError as exc:
         raise OutputFailed(f"cannot save the model to {final}: {exc.strerror or exc}") from None
+    finally:
+        # A failed or interrupted save leaves no half-written folder (after success this is gone already).
+        shutil.rmtree(staging, ignore_errors=True)
     return final
 
 
