@@ -284,3 +284,27 @@ def test_failed_save_keeps_the_previous_checkpoint_whole(tmp_path):
     assert checkpoint_folder(tmp_path, "last") == tmp_path / ".last.old"
     save_checkpoint(_Saves("three"), _Saves("three"), tmp_path, "last", "base", state={"step": 3})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last"] and load_state(tmp_path)[1] == {"step": 3}
+
+
+def test_plain_progress_lines_and_the_cpu_note_for_a_large_model():
+    import io
+
+    from kosmos_cli.run.progress import PlainReporter
+    from kosmos_cli.training.progress import TrainProgress
+
+    stream = io.StringIO()
+    progress = TrainProgress(PlainReporter(stream=stream), total=6, start_step=2, device="cpu", parameters=1_375_000_000)
+    for step in (3, 4, 5):
+        progress.step(step, 0.5)
+    progress.evaluated(0.125)
+    progress.step(6, 0.25)
+    lines = stream.getvalue().splitlines()
+    assert "step 3/6: loss 0.5000, validation CER -" in lines[0]
+    assert "step 6/6: loss 0.2500, validation CER 12.5%" in lines[-1]
+    notes = [line for line in lines if "a GPU is the practical place" in line]
+    assert len(notes) == 1 and "1375M-parameter" in notes[0]
+    small = io.StringIO()
+    quiet = TrainProgress(PlainReporter(stream=small), total=9, start_step=0, device="cpu", parameters=5_000_000)
+    for step in range(1, 6):
+        quiet.step(step, 1.0)
+    assert "GPU" not in small.getvalue()
