@@ -353,12 +353,12 @@ def train(job: TrainJob, reporter: PlainReporter) -> TrainSummary:
     metrics = job.run_dir / "metrics.jsonl"
     # Without a validation set, "best" follows the epoch's training loss and never stops the run.
     stopper = EarlyStopping(job.patience if validation else 10**9)
-    step, epoch, done_in_epoch, elapsed = 0, 1, 0, 0.0
+    step, epoch, done_in_epoch, elapsed, epoch_loss = 0, 1, 0, 0.0, 0.0
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, epoch, done_in_epoch, elapsed = state["step"], state["epoch"], state["done_in_epoch"], state["seconds"]
-        stopper.best, stopper.stale = state["best"], state["stale"]
+        stopper.best, stopper.stale, epoch_loss = state["best"], state["stale"], state["epoch_loss"]
         torch.set_rng_state(state["torch_rng"])
         if torch.cuda.is_available() and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -378,7 +378,7 @@ def train(job: TrainJob, reporter: PlainReporter) -> TrainSummary:
 
     def training_state() -> dict:
         return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                "epoch": epoch, "done_in_epoch": done_in_epoch, "seconds": time.monotonic() - started,
+                "epoch": epoch, "done_in_epoch": done_in_epoch, "epoch_loss": epoch_loss, "seconds": time.monotonic() - started,
                 "best": stopper.best, "stale": stopper.stale, "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}  # fmt: skip
 
@@ -389,7 +389,6 @@ def train(job: TrainJob, reporter: PlainReporter) -> TrainSummary:
             order = _epoch_order(training, job.seed, epoch)
             batches = [order[i : i + job.batch_size] for i in range(0, len(order), job.batch_size)]
             groups = [batches[i : i + job.grad_accum] for i in range(0, len(batches), job.grad_accum)]
-            epoch_loss = 0.0
             while done_in_epoch < len(groups) and step < max_steps:
                 losses = []
                 for chunk in groups[done_in_epoch]:
@@ -398,6 +397,7 @@ def train(job: TrainJob, reporter: PlainReporter) -> TrainSummary:
                     loss = _loss(model, batch, device)
                     (loss / len(groups[done_in_epoch])).backward()
                     losses.append(float(loss))
+                lr_used = scheduler.get_last_lr()[0]
                 consistent = False
                 optimizer.step()
                 scheduler.step()
@@ -407,7 +407,7 @@ def train(job: TrainJob, reporter: PlainReporter) -> TrainSummary:
                 loss_value = sum(losses) / len(losses)
                 epoch_loss += loss_value
                 record = {"step": step, "epoch": epoch, "loss": round(loss_value, 6),
-                          "lr": scheduler.get_last_lr()[0], "seconds": round(time.monotonic() - started, 2)}  # fmt: skip
+                          "lr": lr_used, "seconds": round(time.monotonic() - started, 2)}  # fmt: skip
                 epoch_end = done_in_epoch == len(groups)
                 if validation and (step % job.eval_every == 0 if job.eval_every else epoch_end):
                     score, rate = _validate(model, validation, examples, pad_id, device, dtype, processor.tokenizer)
@@ -433,7 +433,7 @@ def train(job: TrainJob, reporter: PlainReporter) -> TrainSummary:
                         reporter.info(f"no better validation loss for {stopper.stale} evaluations: stopping early")
                         break
             if done_in_epoch == len(groups):
-                epoch, done_in_epoch = epoch + 1, 0
+                epoch, done_in_epoch, epoch_loss = epoch + 1, 0, 0.0
         progress.close()
         if saved_step != step or not checkpoint_folder(job.run_dir, "last"):
             save_checkpoint(model, processor, job.run_dir, "last", job.model, training_state())
