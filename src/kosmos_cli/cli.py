@@ -367,10 +367,32 @@ def train(
         float, typer.Option(min=0.0, max=0.99, metavar="X", rich_help_panel=TRAINING, help="Share of pages held out for validation.")
     ] = 0.1,
     patience: Annotated[
-        int, typer.Option(min=1, metavar="N", rich_help_panel=TRAINING, help="Stop after N epochs without a better validation loss.")
+        int, typer.Option(min=1, metavar="N", rich_help_panel=TRAINING, help="Stop after N validations without a better loss.")
     ] = 2,
     seed: Annotated[int, typer.Option(metavar="N", rich_help_panel=TRAINING, help="Seed for the split, order and init.")] = 0,
     lora_rank: Annotated[int, typer.Option(min=1, metavar="N", rich_help_panel=TRAINING, help="LoRA rank.")] = 16,
+    lora_alpha: Annotated[
+        Optional[float], typer.Option(min=0.0, metavar="X", rich_help_panel=TRAINING, help="LoRA alpha. Default: 2 x rank.")
+    ] = None,
+    lora_dropout: Annotated[
+        float, typer.Option(min=0.0, max=0.99, metavar="X", rich_help_panel=TRAINING, help="Dropout on LoRA's inputs.")
+    ] = 0.0,
+    lora_vision: Annotated[
+        bool, typer.Option("--lora-vision", rich_help_panel=TRAINING, help="Adapt the vision encoder's projections too.")
+    ] = False,
+    warmup_steps: Annotated[
+        Optional[int],
+        typer.Option(min=0, metavar="N", rich_help_panel=TRAINING, help="Linear warm-up steps before the cosine decay. Default: 10%."),
+    ] = None,
+    eval_every: Annotated[
+        Optional[int],
+        typer.Option(min=1, metavar="N", rich_help_panel=TRAINING, help="Validate every N steps. Default: at each epoch's end."),
+    ] = None,
+    resume: Annotated[
+        Optional[Path],
+        typer.Option("--resume", metavar="RUN_DIR", rich_help_panel=TRAINING,
+                     help="Continue the run in RUN_DIR from its last/ (same inputs and settings)."),  # fmt: skip
+    ] = None,
     quiet: Quiet = False,
     verbose: Verbose = False,
     model: Model = None,
@@ -385,14 +407,19 @@ def train(
     reporter = _start(quiet, verbose, 0)
 
     def build() -> TrainJob:
-        if output is None:
+        if output is not None and resume is not None and output.resolve() != resume.resolve():
+            raise UsageError(f"--resume {resume} continues that run in its own folder: leave out -o {output}")
+        run_dir = output if output is not None else resume
+        if run_dir is None:
             raise UsageError("give the run folder with -o RUN_DIR")
         return TrainJob(
-            task=Task(task).value, paths=_input_paths(paths, files_from, null), run_dir=output,
+            task=Task(task).value, paths=_input_paths(paths, files_from, null), run_dir=run_dir,
             model=model or default_model(), revision=revision, device=device, dtype=Dtype(dtype).value,
             max_patches=max_patches, page_options=_page_options(pages, dpi, password, max_pixels), truth_dir=gt,
             method=Method(method).value, epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size,
             grad_accum=grad_accum, val_split=val_split, patience=patience, seed=seed, lora_rank=lora_rank,
+            lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_vision=lora_vision, warmup_steps=warmup_steps,
+            eval_every=eval_every, resume=resume is not None,
         )  # fmt: skip
 
     job = _guarded(reporter, build)

@@ -113,3 +113,9 @@ class BoxOutsidePage(GroundTruthError):
 
 class TargetTooLong(GroundTruthError):
     """A page's ground truth needs more tokens than the model can write for it."""
+
+
+class TrainingInterrupted(KosmosError):
+    """Ctrl-C or SIGTERM stopped `kosmos25 train`; `last/` holds the last completed save point."""
+
+    exit_code = ExitCode.INTERRUPTED
