@@ -58,8 +58,9 @@ def build_batch(config, patches: int, tokens: int, dtype) -> dict:
     labels = torch.tensor([[IGNORE] * len(prompt) + target])
     mask = torch.tensor([[0, 0] + [1] * image + [0] * (2 + tokens)])
     flat = torch.randn(1, patches, width, generator=generator)
-    flat[0, :, 0] = torch.arange(patches) // 32 + 1  # row and column numbers, as the processor writes them
-    flat[0, :, 1] = torch.arange(patches) % 32 + 1
+    columns = max(1, int(patches**0.5))  # a square grid of patches
+    flat[0, :, 0] = torch.arange(patches) // columns + 1  # row and column numbers, as the processor writes them
+    flat[0, :, 1] = torch.arange(patches) % columns + 1
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "image_embeds_position_mask": mask,
             "flattened_patches": flat.to(dtype), "labels": labels}  # fmt: skip
 
@@ -71,6 +72,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=1, help="timed steps after the warm-up step")
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--rss-limit-gb", type=float, default=14.0)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (then GPU memory is reported too)")
     parser.add_argument("--no-checkpointing", action="store_true",
                         help="keep every activation for the backward pass (without checkpointing: over 14 GiB, see README)")
     args = parser.parse_args()
@@ -97,7 +99,8 @@ def main() -> int:
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=2e-4, weight_decay=0.0)
-    batch = build_batch(config, args.patches, args.tokens, dtype)
+    model.to(args.device)
+    batch = {key: value.to(args.device) for key, value in build_batch(config, args.patches, args.tokens, dtype).items()}
     print(f"model: {params / 1e6:.0f}M parameters, LoRA rank {args.rank} on {matched} modules "
           f"({sum(p.numel() for p in trainable) / 1e6:.1f}M trainable), built in {time.perf_counter() - started:.0f} s; "
           f"{args.patches} patches, {args.tokens} target tokens, bf16, {torch.get_num_threads()} threads, "
@@ -111,12 +114,17 @@ def main() -> int:
         loss = loss.detach()
         optimizer.step()
         optimizer.zero_grad()
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
         elapsed = time.perf_counter() - started
         print(f"step {step} ({'warm-up' if step == 0 else 'timed'}): {elapsed:.1f} s, loss {loss.item():.3f}", flush=True)
         if step:
             times.append(elapsed)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    print(f"seconds per step: {sum(times) / len(times):.1f}; peak RSS: {peak / 2**30:.2f} GiB", flush=True)
+    gpu = ""
+    if args.device.startswith("cuda"):
+        gpu = f"; peak GPU memory allocated: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+    print(f"seconds per step: {sum(times) / len(times):.2f}; peak RSS: {peak / 2**30:.2f} GiB{gpu}", flush=True)
     return 0
 
 
