@@ -32,7 +32,7 @@ poppler:
 	fi
 
 test:
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=8
 
 # The suite against the newest versions the registry serves, in a separate virtual env,
 # so the next upstream release is caught here rather than by a user.
