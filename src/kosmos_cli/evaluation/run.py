@@ -157,15 +157,18 @@ def gather_truth(
     return truths, failures
 
 
-def check_lengths(job: EvalJob, documents: list[Document], truths: dict[int, DocumentTruth]) -> None:
+def check_lengths(
+    job: EvalJob, documents: list[Document], truths: dict[int, DocumentTruth], loaded: tuple | None = None
+) -> None:
     """Replace pages whose ground truth is longer than the model can write by a TargetTooLong.
 
     Updates `truths` in place: the page's entry becomes its error, as `load_document_truth`
-    records the pages it rules out itself.
+    records the pages it rules out itself. `loaded`: the model's (processor, config) when the
+    caller has them already, so they are not read twice.
     """
     from ..model.loading import load_processor
 
-    processor, config = load_processor(job.runner.model, job.runner.revision)
+    processor, config = loaded or load_processor(job.runner.model, job.runner.revision)
     budget = TokenBudget.for_model(config, job.runner.max_new_tokens)
     max_patches = job.runner.max_patches or processor.image_processor.max_patches
     for doc in documents:

@@ -165,7 +165,8 @@ def _gather_pages(job: TrainJob, reporter: PlainReporter) -> tuple[list[TrainPag
     processor, config = load_processor(job.model, job.revision)
     budget = TokenBudget.for_model(config, max_new_tokens=10**9)  # training: only the position table limits
     # check_lengths applies the budget of eval's max_new_tokens; give it the positions instead.
-    check_lengths(replace(eval_job, runner=replace(eval_job.runner, max_new_tokens=budget.positions)), documents, truths)
+    positions_job = replace(eval_job, runner=replace(eval_job.runner, max_new_tokens=budget.positions))
+    check_lengths(positions_job, documents, truths, loaded=(processor, config))
     pages = []
     for doc in documents:
         truth = truths.get(id(doc))
