@@ -145,7 +145,7 @@ class Reader:
         if errors not in ("raise", "yield"):
             raise UsageError(f"errors={errors!r}: expected 'raise' or 'yield'")
         documents = [_document(source, index) for index, source in enumerate(sources)]
-        collector = _Collector(raise_errors=errors == "raise")
+        collector = MemorySink(raise_errors=errors == "raise")
         pipeline = self.read(task, documents, collector, _SilentReporter(), page_options)
         waiting = iter(documents)
         next_doc = next(waiting, None)
@@ -195,8 +195,9 @@ def _document(source: Source, index: int) -> Document:
 
 
 @dataclass
-class _Collector:
-    """A sink that keeps results (or errors) in memory for the API's iterators."""
+class MemorySink:
+    """A sink that keeps each document's result (or error) in memory, by document identity:
+    for the API's iterators and for `kosmos25 eval`."""
 
     raise_errors: bool = True
 

@@ -113,26 +113,6 @@ class EvalReport:
         return out
 
 
-class _Collector:
-    """A sink that keeps each document's result (or error) for scoring."""
-
-    def __init__(self) -> None:
-        self.results: dict[int, DocumentResult] = {}
-        self.errors: dict[int, InputError] = {}
-
-    def is_done(self, doc: Document) -> bool:
-        return False
-
-    def unfinished(self, doc: Document, task: str, model: str) -> None:
-        return None  # every page is read afresh: nothing is resumed
-
-    def write(self, doc: Document, result: DocumentResult) -> None:
-        self.results[id(doc)] = result
-
-    def failed(self, doc: Document, error: InputError) -> None:
-        self.errors[id(doc)] = error
-
-
 def check_report_path(report: Path | None) -> None:
     """A usable report path, checked before anything runs (UsageError / OutputFailed)."""
     if report is None:
@@ -186,11 +166,11 @@ def check_lengths(
 
 def _read(settings: RunnerSettings, job: EvalJob, documents: list[Document], reporter: PlainReporter):
     """Run one model over `documents` exactly as `ocr`/`md` do; returns the collector."""
-    from ..api import Reader
+    from ..api import MemorySink, Reader
 
     reader = Reader.from_settings(settings, job.batch_size)
     reporter.info(reader.describe())
-    collector = _Collector()
+    collector = MemorySink(raise_errors=False)
     reporter.started(len(documents))
     pipeline = reader.read(job.task, documents, collector, reporter, job.page_options)
     try:
@@ -248,11 +228,12 @@ def evaluate(job: EvalJob, reporter: PlainReporter) -> EvalReport:
     pages: list[PageEval] = []
     for doc in runnable:
         truth = truths[id(doc)]
-        results = [collector.results.get(id(doc)) for collector in collected]
-        for index, collector in enumerate(collected):
-            if id(doc) in collector.errors:
+        outcomes = [collector.finished.get(id(doc)) for collector in collected]
+        results = [None if isinstance(outcome, InputError) else outcome for outcome in outcomes]
+        for index, outcome in enumerate(outcomes):
+            if isinstance(outcome, InputError):
                 which = "" if index == 0 else f" (baseline {job.baseline})"
-                failures.append(Failure(doc.source, None, collector.errors[id(doc)].message + which))
+                failures.append(Failure(doc.source, None, outcome.message + which))
         if any(result is None for result in results) or len(results) < len(models):
             continue
         read = [{page.page: page for page in result.pages} for result in results]
