@@ -16,7 +16,6 @@ from ..errors import ExitCode, GroundTruthError, InputError, UsageError
 from ..inputs.documents import Document, PageOptions, collect_documents
 from ..model.runner import RunnerSettings
 from ..outputs.files import check_folder_writable
-from ..results import DocumentResult
 from ..run.progress import PlainReporter
 from .groundtruth import DocumentTruth, PageTruth, load_document_truth
 from .metrics import DEFAULT_IOU, PageScore
