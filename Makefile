@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 LATEST_VENV ?= .venv-latest
 TINY_MODEL ?= build/tiny-kosmos25
 
-.PHONY: install test test-latest tiny-model poppler clean bench bench-train
+.PHONY: install test test-latest tiny-model poppler clean bench bench-ragged bench-kernels bench-train
 
 install: poppler
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,8 +31,12 @@ poppler:
 		     "(macOS: brew install poppler) to read PDFs; images work without it." >&2; \
 	fi
 
+# One test worker per core (pytest-xdist), then the Ray tests in one process: they share one
+# Ray instance and find Ray's worker processes machine-wide.
+TEST_WORKERS ?= auto
 test:
-	$(BIN)/python -m pytest -q --durations=8
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not ray" --durations=8
+	$(BIN)/python -m pytest -q -m ray
 
 # The suite against the newest versions the registry serves, in a separate virtual env,
 # so the next upstream release is caught here rather than by a user.
@@ -57,6 +61,17 @@ clean:
 BENCH_ARGS ?=
 bench:
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+
+# Pages of very different lengths: model card loop vs static batches vs continuous batching
+# (about 30 min on 2 CPU cores; README "Speed" has the figures).
+bench-ragged:
+	$(BIN)/python benchmarks/bench.py --ragged --pages 12 --batch-size 4 --extra-slots 8 $(BENCH_ARGS)
+
+# This machine's matrix-product peak and memory bandwidth, then where a page's time goes against
+# them: vision encoder, prefill, one decoding step (about 4 min on 2 CPU cores).
+bench-kernels:
+	$(BIN)/python benchmarks/matmul.py
+	$(BIN)/python benchmarks/profile_model.py --slots 4,8
 
 # Training: one LoRA step of the full-size architecture, bf16 on CPU (about 5 min on 2 cores, 9 GiB).
 BENCH_TRAIN_ARGS ?=

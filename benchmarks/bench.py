@@ -144,11 +144,11 @@ def release_memory() -> None:
         pass
 
 
-def synthetic_pages(count: int) -> list[Image.Image]:
-    """Receipt-like and A4-like pages with lines of dark 'text' blocks."""
+def synthetic_pages(count: int, receipts_only: bool = False) -> list[Image.Image]:
+    """Receipt-like and A4-like pages (alternately, or receipts only) with lines of dark 'text' blocks."""
     pages = []
     for index in range(count):
-        size = (600, 1600) if index % 2 == 0 else (1654, 2339)
+        size = (600, 1600) if index % 2 == 0 or receipts_only else (1654, 2339)
         image = Image.new("RGB", size, "white")
         draw = ImageDraw.Draw(image)
         for y in range(60, size[1] - 60, 48):
@@ -248,17 +248,34 @@ def run_kosmos25(checkpoint: Path, page_files: list[Path], out_dir: Path, args) 
             return generated
 
         runner.model.generate = recording_generate
+        streamed_tokens = {}
+        stream = None
+        if args.batching == "continuous" and runner.supports_continuous_batching:
+
+            def stream(pairs, task):  # as api.Reader.read streams pages (the CLI's default)
+                for streamed in runner.decode_stream(pairs, task, slots=batch_size):
+                    streamed_tokens[streamed.key] = streamed.tokens
+                    yield streamed.key, streamed.output
+
         documents, _ = collect_documents(tuple(map(str, page_files)))
         request = RunRequest("ocr", settings.model, PageOptions(), batch_size)
         sink = DirectorySink(out_dir, FORMATS["json"], RenderOptions())
-        pipeline = Pipeline(request, runner.prepare, runner.generate_prepared, sink, PlainReporter(quiet=True))
+        pipeline = Pipeline(request, runner.prepare, runner.generate_prepared, sink, PlainReporter(quiet=True),
+                            stream=stream)  # fmt: skip
         started = time.perf_counter()
         with PeakMemory() as running:
             pipeline.run(documents)
         total = time.perf_counter() - started
         timer.close()
+        if stream is not None:  # the decode loop calls the text layers itself: its own clock splits the phases
+            stats = runner.last_decoder.stats
+            timer.times.prefill = stats.prefill_seconds - timer.times.vision
+            timer.times.decode, timer.times.decode_steps = stats.decode_seconds, stats.decode_steps
+            tokens = [streamed_tokens[key] for key in sorted(streamed_tokens)]
     info = {"batch_size": batch_size, "dtype": str(runner.dtype).replace("torch.", ""),
-            "fast_vision": runner.fast_vision_attention, "attention": runner.attention}  # fmt: skip
+            "fast_vision": runner.fast_vision_attention, "attention": runner.attention,
+            "batching": "continuous" if stream is not None else "static",
+            "cpu_kernels": runner.cpu_kernels.describe() if runner.cpu_kernels else "-"}  # fmt: skip
     del runner, pipeline
     release_memory()
     return {"load": load, "total": total, "times": timer.times, "tokens": tokens, "peak": memory.peak,
@@ -398,7 +415,9 @@ def ragged_ours(runner, pages, lengths: list[int], way: str, batch: int) -> dict
             def forcing_generate(*gen_args, **gen_kwargs):
                 prompt = gen_kwargs["input_ids"].shape[1]
                 targets = [lengths[index] for index in current]
-                generated = generate(*gen_args, logits_processor=[forcing_processor(targets, prompt, eos)], **gen_kwargs)
+                forcing = [forcing_processor(targets, prompt, eos)]
+                gen_kwargs["logits_processor"] = forcing + list(gen_kwargs.get("logits_processor") or [])
+                generated = generate(*gen_args, **gen_kwargs)
                 for index, row in zip(current, generated[:, prompt:].tolist()):
                     tokens[index] = row[: row.index(eos) + 1] if eos in row else row  # drop the batch's padding
                 return generated
@@ -467,7 +486,8 @@ def ragged_main(args) -> None:
     runner = ModelRunner(settings)
     dtype = str(runner.dtype).replace("torch.", "")
     results = {}
-    ways = [("static", args.batch_size), ("continuous", args.batch_size)]
+    ways = [] if args.skip_static else [("static", args.batch_size)]
+    ways += [("continuous", args.batch_size)]
     ways += [("continuous", slots) for slots in args.extra_slots if slots != args.batch_size]
     for way, batch in ways:
         name = f"{way} ({dtype}, {'batch' if way == 'static' else 'slots'} {batch})"
@@ -481,7 +501,7 @@ def ragged_main(args) -> None:
         print(f"{name} done: {_ragged_line(results[name], lengths)}", flush=True)
 
     total_tokens = sum(lengths)
-    static = next(result for name, result in results.items() if name.startswith("static"))
+    static = next((result for name, result in results.items() if name.startswith("static")), None)
     header = ["way", "total s", "decode steps", "rows/step", "tokens/s", "pages/min", "x static",
               "x reference", "peak RSS GB", "GPU peak GB"]  # fmt: skip
     print("\n| " + " | ".join(header) + " |")
@@ -490,7 +510,7 @@ def ragged_main(args) -> None:
     for name, result in results.items():
         values = [name, f"{result['total']:.1f}", str(result["steps"]), f"{result['rows_per_step']:.2f}",
                   f"{total_tokens / result['total']:.1f}", f"{60 * args.pages / result['total']:.2f}",
-                  f"{static['total'] / result['total']:.2f}",
+                  f"{static['total'] / result['total']:.2f}" if static else "-",
                   f"{reference['total'] / result['total']:.2f}" if reference else "-",
                   f"{result['peak'] / 1e9:.2f}", f"{result['device_peak'] / 1e9:.2f}"]  # fmt: skip
         print("| " + " | ".join(values) + " |")
@@ -508,6 +528,27 @@ def ragged_main(args) -> None:
               f"{agree}/{total_tokens}")  # fmt: skip
 
 
+def saved_pages(pages, folder: Path) -> list[Path]:
+    """The pages as PNG files in `folder`, for the CLI's pipeline to read."""
+    files = []
+    for index, image in enumerate(pages):
+        files.append(folder / f"page-{index:03d}.png")
+        image.save(files[-1])
+    return files
+
+
+def whole_process_run(args, checkpoint: Path, pages) -> None:
+    """One way alone (its import, model load, pages and output included): `--only`."""
+    if args.only == "reference":
+        result = run_reference(checkpoint, pages, args)
+    else:
+        with tempfile.TemporaryDirectory() as scratch:
+            result = run_kosmos25(checkpoint, saved_pages(pages, Path(scratch)), Path(scratch) / "out", args)
+    lengths = sorted({len(tokens) for tokens in result["tokens"]})
+    print(f"{args.only}: {len(result['tokens'])} pages, new tokens per page {lengths}, "
+          f"{result['total']:.1f} s after loading the model")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pages", type=int, default=4, help="synthetic pages (default 4)")
@@ -515,9 +556,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="kosmos25 batch size (default: its own choice)")
     parser.add_argument("--dtype", default="bfloat16", help="reference dtype (default bfloat16, as the model card)")
     parser.add_argument("--dtype-ours", default="auto", help="kosmos25 dtype (default: its auto choice)")
+    parser.add_argument("--batching", choices=["continuous", "static"], default="continuous",
+                        help="kosmos25's --batching (default continuous, as the CLI)")  # fmt: skip
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--max-patches", type=int, default=4096)
     parser.add_argument("--skip-reference", action="store_true", help="time kosmos25 only")
+    parser.add_argument("--only", choices=["reference", "kosmos25"], help="run one way only, for timing whole "
+                        "processes from outside (farm-bench ... --vs ...)")  # fmt: skip
+    parser.add_argument("--receipts", action="store_true", help="receipt-sized pages only (default: receipt, A4, ...)")
     parser.add_argument("--cache", type=Path, default=REPO / ".cache" / "bench-full-random")
     ragged = parser.add_argument_group("ragged workload (--ragged)")
     ragged.add_argument("--ragged", action="store_true", help="pages of very different lengths: reference vs "
@@ -526,12 +572,13 @@ def main() -> None:
     ragged.add_argument("--min-tokens", type=int, default=32, help="shortest page (default 32)")
     ragged.add_argument("--max-tokens", type=int, default=1500, help="longest page (default 1500)")
     ragged.add_argument("--seed", type=int, default=0, help="order of the pages' lengths (default 0)")
+    ragged.add_argument("--skip-static", action="store_true", help="leave out static batches (compare slot counts)")
     ragged.add_argument("--extra-slots", type=lambda text: [int(x) for x in text.split(",") if x], default=[],
                         help="also run continuous batching with these slot counts, e.g. 8 or 8,16")  # fmt: skip
     args = parser.parse_args()
     if args.ragged:
         if args.batch_size is None:
-            args.batch_size = 4  # auto_batch_size's CPU cap; set it for GPUs
+            args.batch_size = 4  # the same batch size for every way; set it for GPUs (the CLI picks up to 8 on CPU)
         ragged_main(args)
         return
 
@@ -540,13 +587,13 @@ def main() -> None:
     started = time.perf_counter()
     checkpoint = build_checkpoint(args.cache, args.max_patches)
     print(f"checkpoint ready in {time.perf_counter() - started:.0f} s: {checkpoint}", flush=True)
-    pages = synthetic_pages(args.pages)
+    pages = synthetic_pages(args.pages, args.receipts)
+    if args.only:
+        whole_process_run(args, checkpoint, pages)
+        return
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        page_files = []
-        for index, image in enumerate(pages):
-            page_files.append(Path(scratch) / f"page-{index:03d}.png")
-            image.save(page_files[-1])
+        page_files = saved_pages(pages, Path(scratch))
         # kosmos25 first, so its peak memory is not inflated by the reference's freed model.
         ours = run_kosmos25(checkpoint, page_files, Path(scratch) / "out", args)
         print(f"kosmos25 done: {ours['total']:.1f} s", flush=True)
@@ -555,7 +602,8 @@ def main() -> None:
             reference = run_reference(checkpoint, pages, args)
             rows.append(report(f"reference ({args.dtype}, batch 1)", reference, args.pages))
             print(f"reference done: {reference['total']:.1f} s", flush=True)
-        rows.append(report(f"kosmos25 ({ours['dtype']}, batch {ours['batch_size']})", ours, args.pages))
+        rows.append(report(f"kosmos25 ({ours['dtype']}, {ours['batching']}, batch {ours['batch_size']})", ours,
+                           args.pages))  # fmt: skip
 
     header = ["way", "load+prep s/page", "vision s/page", "prefill s/page", "decode s/page", "total s/page",
               "pages/min", "peak RSS GB", "peak RSS after load GB"]  # fmt: skip
@@ -567,7 +615,7 @@ def main() -> None:
     print(f"\nmodel load: " + ", ".join(f"{n} {r['load']:.1f} s" for n, r in
                                       (("reference", reference), ("kosmos25", ours)) if r))  # fmt: skip
     vision = ours["attention"] if ours["fast_vision"] else "eager"
-    print(f"kosmos25 attention: {ours['attention']} (vision encoder: {vision})")
+    print(f"kosmos25 attention: {ours['attention']} (vision encoder: {vision}; CPU kernels: {ours['cpu_kernels']})")
     if reference:
         ratio = reference["total"] / ours["total"]
         print(f"throughput kosmos25 / reference: {ratio:.2f}x")
@@ -577,16 +625,17 @@ def main() -> None:
             next((i for i, (a, b) in enumerate(zip(ref, mine)) if a != b), len(ref))
             for ref, mine in zip(reference["tokens"], ours["tokens"])
         ]
-        ref_logits = torch.stack(reference["times"].first_logits)
-        our_logits = torch.stack(ours["times"].first_logits)
         print(f"greedy tokens equal to the reference: {agree}/{total}; first divergence per page: {first}")
         # The reference runs one page per generate call, so call p is page p.
         gaps = [f"{reference['times'].top2_gaps[page][step][0].item():.4f}"
                 for page, step in enumerate(first) if step < len(reference["tokens"][page])]  # fmt: skip
         if gaps:
             print(f"reference's gap between its top two logits where a page parts: {', '.join(gaps)}")
-        print(f"largest difference of first-step logits: {(ref_logits - our_logits).abs().max().item():.4f} "
-              f"(logit scale: max |logit| {ref_logits.abs().max().item():.2f})")  # fmt: skip
+        if ours["times"].first_logits:  # static batches only: the decode loop's prefill is not hooked
+            ref_logits = torch.stack(reference["times"].first_logits)
+            our_logits = torch.stack(ours["times"].first_logits)
+            print(f"largest difference of first-step logits: {(ref_logits - our_logits).abs().max().item():.4f} "
+                  f"(logit scale: max |logit| {ref_logits.abs().max().item():.2f})")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -19,19 +19,37 @@ CACHE = REPO / ".cache" / "tiny-checkpoints"
 KOSMOS25 = Path(sys.executable).parent / "kosmos25"
 
 
+def pytest_configure(config) -> None:
+    # Under pytest-xdist (`make test` runs one worker per core) each worker, and every
+    # process it starts (the CLI, Ray's workers), uses one thread: two threads per worker
+    # on a 2-core machine would fight over the cores. Set before torch is imported.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(1)
+
+
 def _cached_checkpoint(kind: str, build) -> Path:
-    """Build a checkpoint once per version of its recipe; reuse it across test runs."""
+    """Build a checkpoint once per version of its recipe; reuse it across test runs.
+
+    A lock file makes parallel test workers build it once: the others wait for it.
+    """
+    import fcntl
+
     import torch
     import transformers
 
     recipe = Path(tiny_checkpoint.__file__).read_bytes() + f"{torch.__version__}{transformers.__version__}".encode()
     target = CACHE / f"{kind}-{hashlib.sha256(recipe).hexdigest()[:12]}"
-    if not (target / "config.json").exists():
-        staging = target.with_name(target.name + f".tmp{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
-        build(staging)
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name(target.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / "config.json").exists():
+            staging = target.with_name(target.name + f".tmp{os.getpid()}")
+            shutil.rmtree(staging, ignore_errors=True)
+            build(staging)
+            shutil.rmtree(target, ignore_errors=True)
+            staging.rename(target)
     return target
 
 

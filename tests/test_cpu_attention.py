@@ -8,7 +8,15 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from kosmos_cli.model import cpu_attention
-from kosmos_cli.model.cpu_attention import _kept_keys, _whole_buffer, register_cpu_attention
+from kosmos_cli.model.cpu_attention import (
+    MEASURE_FROM_KEYS,
+    CpuKernels,
+    _fastest,
+    _kept_keys,
+    _whole_buffer,
+    measure_cpu_kernels,
+    register_cpu_attention,
+)
 from kosmos_cli.model.speedups import growing_cache
 
 MIN = torch.finfo(torch.float32).min
@@ -51,16 +59,18 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("kernel", ["blocked", "sdpa"])
 @pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("scaling", [0.125, 0.3])
-def test_many_query_tokens_match_sdpa(name, scaling, small_blocks):
+def test_many_query_tokens_match_sdpa(name, scaling, kernel, small_blocks):
     queries, keys, is_causal, mask = CASES[name]
     torch.manual_seed(0)
     if mask is not None and mask.dtype == torch.bool:
         mask[..., 0] = True  # every query sees at least one key, as in real masks
     query, key, value = torch.randn(2, 4, queries, 8), torch.randn(2, 4, keys, 8), torch.randn(2, 4, keys, 8)
     module = Attention(is_causal)
-    ours, _ = ALL_ATTENTION_FUNCTIONS[register_cpu_attention()](module, query, key, value, mask, scaling=scaling)
+    kernels = CpuKernels(many_queries=kernel)
+    ours, _ = ALL_ATTENTION_FUNCTIONS[register_cpu_attention(kernels)](module, query, key, value, mask, scaling=scaling)
     reference, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=scaling)
     assert ours.shape == reference.shape == (2, queries, 4, 8)
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
@@ -90,7 +100,8 @@ def test_kept_keys_recognises_only_key_padding():
     assert _kept_keys(torch.ones(1, 6, 10, dtype=torch.bool)) is None
 
 
-def test_decode_step_matches_sdpa_on_a_growing_cache_view():
+@pytest.mark.parametrize("kernel", ["products", "sdpa"])
+def test_decode_step_matches_sdpa_on_a_growing_cache_view(kernel):
     torch.manual_seed(0)
     cache = growing_cache(step=16)
     keys, values = torch.randn(2, 4, 37, 8), torch.randn(2, 4, 37, 8)
@@ -103,15 +114,15 @@ def test_decode_step_matches_sdpa_on_a_growing_cache_view():
     query = torch.randn(2, 4, 1, 8)
     mask = torch.zeros(2, 1, 1, 38)
     mask[1, ..., :5] = MIN  # a padded start on the second row
-    kernel = ALL_ATTENTION_FUNCTIONS[register_cpu_attention()]
-    fast, _ = kernel(Attention(True), query, key_view, value_view, mask, scaling=0.3)
+    attention = ALL_ATTENTION_FUNCTIONS[register_cpu_attention(CpuKernels(one_query=kernel))]
+    fast, _ = attention(Attention(True), query, key_view, value_view, mask, scaling=0.3)
     reference, _ = sdpa_attention_forward(Attention(True), query, key_view.contiguous(), value_view.contiguous(), mask, scaling=0.3)
     torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-6)
 
 
 def test_unusual_calls_go_to_sdpa(monkeypatch):
     calls = []
-    monkeypatch.setattr(cpu_attention, "blocked_attention", lambda *args: calls.append("blocked"))
+    monkeypatch.setattr(cpu_attention, "many_query_attention", lambda *args: calls.append("blocked"))
     query = torch.randn(1, 2, 5, 8)
     module = Attention(False)
     module.num_key_value_groups = 2  # grouped key/value heads
@@ -121,3 +132,21 @@ def test_unusual_calls_go_to_sdpa(monkeypatch):
     assert calls == []
     cpu_attention.cpu_attention(Attention(False), query, query, query, None)
     assert calls == ["blocked"]
+
+
+def test_the_faster_candidate_wins():
+    import time
+
+    slow = lambda: time.sleep(0.02)  # noqa: E731
+    fast = lambda: None  # noqa: E731
+    assert _fastest({"slow": slow, "fast": fast}) == "fast"
+    assert _fastest({"fast": fast, "slow": slow}) == "fast"
+
+
+def test_kernels_are_measured_only_at_shapes_where_timing_means_something():
+    small = measure_cpu_kernels(2, 8, MEASURE_FROM_KEYS - 1, 2, 8, 64, 2, "float32", 1)
+    assert small == CpuKernels() and not small.measured
+    measured = measure_cpu_kernels(2, 8, MEASURE_FROM_KEYS, 2, 8, 300, 2, "float32", 1)
+    assert measured.measured
+    assert measured.many_queries in ("blocked", "sdpa") and measured.one_query in ("products", "sdpa")
+    assert "measured" in measured.describe()

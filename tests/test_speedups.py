@@ -44,7 +44,7 @@ def _vision_run(runner, monkeypatch):
     for module, name, key in (
         (modeling_kosmos2_5, "eager_attention_forward", "eager"),
         (torch.nn.functional, "scaled_dot_product_attention", "sdpa"),
-        (cpu_attention, "blocked_attention", "kosmos25_cpu"),
+        (cpu_attention, "many_query_attention", "kosmos25_cpu"),
     ):
         monkeypatch.setattr(module, name, _counting(calls, key, getattr(module, name)))
     inputs = runner.processor(text=["<ocr>"] * 2, images=_images(), max_patches=runner.max_patches, return_tensors="pt")
@@ -107,19 +107,41 @@ def test_vision_elementwise_steps_are_fused_and_equal(random_model):
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-6)
 
 
-def test_greedy_tokens_identical_with_and_without_the_speedups(trained_model, random_model, upstream_registry):
+def test_greedy_tokens_identical_with_and_without_the_speedups(
+    trained_model, random_model, upstream_registry, monkeypatch
+):
+    from kosmos_cli.model import runner as runner_module
+    from kosmos_cli.model.cpu_attention import CpuKernels
+
     images = _images()
     results = {}
-    for attn in ("eager", "sdpa"):  # sdpa on CPU: SDPA + the CPU decode kernel + the vision fix
+    # sdpa on CPU: kosmos25's CPU kernels (the defaults at the tiny model's shapes, or
+    # torch's SDPA for both kinds, as a machine that measures it faster picks) + the vision fix.
+    ways = {"eager": None, "sdpa": None, "sdpa kernels": CpuKernels("sdpa", "sdpa", measured=True)}
+    for way, kernels in ways.items():
         upstream_registry()
+        if kernels is not None:
+            monkeypatch.setattr(runner_module, "measure_cpu_kernels", lambda *shape: kernels)
         for name, model in (("trained", trained_model), ("random", random_model)):
-            runner = ModelRunner(RunnerSettings(model=str(model), dtype="float32", attn=attn, max_new_tokens=40))
-            results[attn, name] = runner.generate(images, "ocr")
+            settings = RunnerSettings(model=str(model), dtype="float32", attn=way.split()[0], max_new_tokens=40)
+            runner = ModelRunner(settings)
+            assert runner.cpu_kernels == (None if way == "eager" else kernels or CpuKernels())
+            results[way, name] = runner.generate(images, "ocr")
     for name in ("trained", "random"):
-        eager, fast = results["eager", name], results["sdpa", name]
-        assert [(o.text, o.truncated, o.looping) for o in eager] == [(o.text, o.truncated, o.looping) for o in fast]
-        # Confidences agree to float32 rounding (the kernels sum in another order).
-        assert [o.confidence for o in eager] == pytest.approx([o.confidence for o in fast], rel=1e-5)
+        eager = results["eager", name]
+        for way in ("sdpa", "sdpa kernels"):
+            fast = results[way, name]
+            assert [(o.text, o.truncated, o.looping) for o in eager] == [(o.text, o.truncated, o.looping) for o in fast]
+            # Confidences agree to float32 rounding (the kernels sum in another order).
+            assert [o.confidence for o in eager] == pytest.approx([o.confidence for o in fast], rel=1e-5)
+
+
+def test_cpu_kernels_are_measured_and_registered_at_real_patch_counts(random_model):
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    runner = ModelRunner(RunnerSettings(model=str(random_model), dtype="float32", max_patches=1024))
+    assert runner.cpu_kernels.measured
+    assert ALL_ATTENTION_FUNCTIONS[runner.attention].keywords["kernels"] == runner.cpu_kernels
 
 
 def test_growing_cache_gives_the_same_tokens_as_dynamic_cache(random_model):

@@ -91,7 +91,10 @@ class Reader:
         continuous = self.settings.batching == "continuous" and runner.supports_continuous_batching
         kind = "continuous batching" if continuous else "per batch"
         pages = f"{self.batch_size} page{'s' * (self.batch_size != 1)} {kind}"
-        return f"model {self.settings.model} on {runner.device} ({dtype}, {runner.attention} attention), {pages}"
+        attention = f"{runner.attention} attention"
+        if runner.cpu_kernels is not None:
+            attention += f" [{runner.cpu_kernels.describe()}]"
+        return f"model {self.settings.model} on {runner.device} ({dtype}, {attention}), {pages}"
 
     def ocr(self, source: Source, *, pages: str | Iterable[int] | None = None, dpi: int = 200,
             password: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> DocumentResult:  # fmt: skip

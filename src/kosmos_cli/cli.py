@@ -129,7 +129,7 @@ AttnOption = Annotated[
 ]
 BatchSize = Annotated[
     Optional[int],
-    typer.Option(min=1, metavar="N", rich_help_panel=SPEED, help="Pages per batch. Default: from free memory."),
+    typer.Option(min=1, metavar="N", rich_help_panel=SPEED, help="Pages decoding together. Default: from free memory (at most 8 on CPU, 16 on CUDA)."),
 ]
 MaxNewTokens = Annotated[
     int, typer.Option(min=1, metavar="N", rich_help_panel=SPEED, help="Most tokens per page; more is marked truncated.")

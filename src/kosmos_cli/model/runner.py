@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .compat import cache_keyword
-from .cpu_attention import register_cpu_attention
+from .cpu_attention import CPU_ATTENTION, CpuKernels, measure_cpu_kernels, register_cpu_attention
 from ..errors import GenerationFailed, UsageError
 from .loading import ATTENTION_KINDS, DEFAULT_MODEL, load_model, resolve_device, resolve_dtype
 from .repetition import find_loop, trim_loop
@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 TASK_PROMPTS = {"ocr": "<ocr>", "md": "<md>"}
 BOX_TOKEN = "<bbox>"
+# Slots (pages decoding together) at most on CPU; see auto_batch_size.
+CPU_BATCH_LIMIT = 8
 
 
 @dataclass(frozen=True)
@@ -89,9 +91,11 @@ class ModelRunner:
         self.dtype = resolve_dtype(settings.dtype, self.device)
         if settings.attn == "flash_attention_2" and not self.device.startswith("cuda"):
             raise UsageError("--attn flash_attention_2 needs a CUDA device")
-        # On CPU, "sdpa" means kosmos25's CPU attention kernels (see cpu_attention).
+        # On CPU, "sdpa" means kosmos25's CPU attention kernels, chosen per machine (see cpu_attention).
         self.attention = register_cpu_attention() if self.device == "cpu" and settings.attn == "sdpa" else settings.attn
         self.processor, self.model = load_model(settings.model, settings.revision, self.device, self.dtype, self.attention)
+        self.max_patches = settings.max_patches or self.processor.image_processor.max_patches
+        self.cpu_kernels = self._choose_cpu_kernels() if self.attention == CPU_ATTENTION else None
         # "eager" keeps transformers' own code paths, for comparison; every other kind gets the speed-ups.
         # True when the vision encoder runs the requested kernel rather than eager attention.
         self.fast_vision_attention = settings.attn != "eager" and (
@@ -99,10 +103,30 @@ class ModelRunner:
         )
         if settings.attn != "eager":
             fuse_vision_elementwise(self.model)
-        self.max_patches = settings.max_patches or self.processor.image_processor.max_patches
         self.eos_token_id = self.processor.tokenizer.eos_token_id
         self.box_token_id = self.processor.tokenizer.convert_tokens_to_ids(BOX_TOKEN)
         self._prompts: dict[str, dict] = {}
+
+    def _choose_cpu_kernels(self) -> CpuKernels:
+        """Time the CPU attention candidates at this model's shapes and register the faster ones."""
+        import torch
+
+        config = self.model.config
+        vision, text = config.vision_config, config.text_config
+        kernels = measure_cpu_kernels(
+            vision.num_attention_heads,
+            vision.hidden_size // vision.num_attention_heads,
+            self.max_patches,
+            text.attention_heads,
+            text.embed_dim // text.attention_heads,
+            # A decoding step's whole buffers: the prompt plus a block of new tokens.
+            config.latent_query_num + 4 + min(256, self.settings.max_new_tokens),
+            CPU_BATCH_LIMIT,
+            str(self.dtype).removeprefix("torch."),
+            torch.get_num_threads(),
+        )
+        register_cpu_attention(kernels)
+        return kernels
 
     @property
     def supports_continuous_batching(self) -> bool:
@@ -201,6 +225,10 @@ class ModelRunner:
             min_new_tokens=self.settings.min_new_tokens,
             device=self.device,
             dtype=self.dtype,
+            # On CPU the vision encoder gets slower per page as more pages share a call (measured,
+            # full-size, bf16, 2 cores: 6.9 s per page alone, 8.2 in fours, 8.4 in eights), so pages
+            # are prefilled one at a time there; GPUs gain from groups.
+            max_prefill=1 if self.device == "cpu" else None,
         )
         self.last_decoder = decoder  # its `stats` tell benchmarks how the slots were used
         sizes: dict = {}
@@ -314,13 +342,15 @@ def auto_batch_size(runner: ModelRunner) -> int:
 
     Per page: the decoder's key/value cache for prompt + max_new_tokens, plus, with
     eager vision attention, its attention scores for one layer (its largest transient).
-    Capped at 4 on CPU, where a decoding step is bound by reading the weights and the
-    cache from memory (measured, full-size model, bf16, 2 cores: 98 ms per token at batch
-    1, 33 ms per token per page at batch 4, 32 at batch 8), and at 16 on GPUs.
+    Capped at 8 on CPU, where a decoding step is bound by reading the weights and the
+    cache from memory, so more busy slots share each read of the weights (measured,
+    full-size model, bf16, 2 cores with AMX: 45.5 ms per token per page with 4 busy slots,
+    31.8 with 8; `make bench-ragged`-style run of 24 pages: 8 slots 1.20x as fast as 4,
+    peak memory 10.0 against 7.5 GB), and at 16 on GPUs.
     """
     import torch
 
-    limit = 16 if runner.device.startswith("cuda") else 4
+    limit = 16 if runner.device.startswith("cuda") else CPU_BATCH_LIMIT
     config = runner.model.config
     text, vision = config.text_config, config.vision_config
     element = torch.finfo(runner.dtype).bits // 8

@@ -55,6 +55,9 @@ def read_ahead(items: Iterable[Item], depth: int) -> Iterator[Item]:
             yield item
     finally:
         stop.set()
+        # Let the producer finish the item it is on: a thread still inside torch when the
+        # interpreter exits (after Ctrl-C) aborts the process ("terminate called ...").
+        thread.join(timeout=30)
 
 
 class BackgroundWriter:

@@ -1,0 +1,317 @@
+"""Where a page's time goes, against what this machine can do (`matmul.py`'s yardsticks).
+
+Full-size KOSMOS-2.5 architecture, random weights (`bench.py`'s checkpoint), loaded
+through kosmos25's own `ModelRunner` (its kernels and speed-ups), one A4-like page:
+
+1. vision encoder and prefill (image projection + 2052-token prompt): achieved FLOP/s
+   (FLOPs counted by `torch.utils.flop_counter`, time measured separately) as a share
+   of the measured matrix-product peak, and their time split by kind of operation;
+2. one decoding step with every slot busy (each slot a page 150 tokens in): its time
+   split by kind of operation, against the bytes it must read (weights, the key/value
+   cache) at the measured memory bandwidth;
+3. `--compile`: the same step with the decoder layers under `torch.compile`
+   (inductor on CPU), to decide whether compiling pays.
+
+Run: `python benchmarks/profile_model.py [--slots 4,8] [--compile]` (a few minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "src"))
+
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+import matmul  # noqa: E402
+from bench import build_checkpoint, synthetic_pages  # noqa: E402
+
+# Top-level operator names -> the kind of work they are.
+KINDS = {
+    "aten::linear": "weight products (linear)",
+    "aten::addmm": "weight products (linear)",
+    "aten::mm": "weight products (linear)",
+    "aten::matmul": "attention (kosmos25's products + softmax)",
+    "aten::bmm": "attention (kosmos25's products + softmax)",
+    "aten::softmax": "attention (kosmos25's products + softmax)",
+    "aten::_softmax": "attention (kosmos25's products + softmax)",
+    "aten::scaled_dot_product_attention": "attention (torch's SDPA kernel)",
+    "aten::_scaled_dot_product_flash_attention_for_cpu": "attention (torch's SDPA kernel)",
+    "aten::rms_norm": "norms",
+    "aten::layer_norm": "norms",
+    "aten::gelu": "activations",
+    "aten::relu": "activations",
+    "aten::contiguous": "copies",
+    "aten::clone": "copies",
+    "aten::copy_": "copies",
+    "aten::to": "copies",
+    "aten::_to_copy": "copies",
+    "aten::index": "copies",
+    "aten::index_put_": "cache writes",
+    "aten::_index_put_impl_": "cache writes",
+    "aten::masked_fill_": "masking",
+    "aten::fill_": "masking",
+}
+
+
+def timed(function, repeats: int = 3) -> float:
+    """Median seconds per call (after one warm-up call)."""
+    function()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return sorted(times)[len(times) // 2]
+
+
+def counted_flops(function) -> dict[str, int]:
+    """FLOPs of one call of `function`: "weights" (mm/addmm) and "attention".
+
+    Weight products are counted by torch's FLOP counter; attention as 4 x heads x
+    queries x keys x head size per call (half of it when causal), whichever kernel runs
+    it (the counter does not see inside torch's fused CPU attention kernel).
+    """
+    from kosmos_cli.model import cpu_attention
+
+    attention = 0
+    original = cpu_attention.many_query_attention
+
+    def counting(query, key, value, mask, scale, causal, kernel=None):
+        nonlocal attention
+        batch, heads, queries, dim = query.shape
+        attention += 4 * batch * heads * queries * key.shape[2] * dim // (2 if causal else 1)
+        return original(query, key, value, mask, scale, causal, kernel)
+
+    counter = FlopCounterMode(display=False)
+    cpu_attention.many_query_attention = counting
+    try:
+        with counter:
+            function()
+    finally:
+        cpu_attention.many_query_attention = original
+    ops = counter.get_flop_counts()["Global"]
+    weights = sum(count for op, count in ops.items() if str(op).split(".")[-1] in ("mm", "addmm"))
+    return {"weights": weights, "attention": attention}
+
+
+def time_by_kind(function, lm_head_columns: int | None = None) -> tuple[dict[str, float], float]:
+    """Seconds of one call of `function` per kind of operation, and the call's wall time.
+
+    Only top-level operators count (an operator's children are inside its time); what is
+    left of the wall time is Python and dispatch between operators.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=lm_head_columns is not None) as prof:
+        started = time.perf_counter()
+        function()
+        wall = time.perf_counter() - started
+    kinds: dict[str, float] = defaultdict(float)
+    for event in prof.events():
+        if event.cpu_parent is not None or not event.name.startswith("aten::"):
+            continue
+        kind = KINDS.get(event.name, "other element-wise")
+        if lm_head_columns and kind.startswith("weight") and any(
+            lm_head_columns in shape for shape in (event.input_shapes or []) if shape
+        ):
+            kind = "vocabulary projection (lm_head)"
+        kinds[kind] += event.cpu_time_total / 1e6
+    kinds["Python and dispatch between operators"] = max(0.0, wall - sum(kinds.values()))
+    return dict(kinds), wall
+
+
+def print_kinds(kinds: dict[str, float], wall: float, flops: dict[str, int] | None = None, peak: float = 0.0) -> None:
+    flops = flops or {}
+    for kind, seconds in sorted(kinds.items(), key=lambda item: -item[1]):
+        note = ""
+        kind_flops = flops.get(kind.split()[0].replace("weight", "weights"), 0)
+        if kind_flops and seconds and peak:
+            note = f"  {kind_flops / seconds / 1e12:.3f} TFLOP/s = {100 * kind_flops / seconds / peak:.0f}% of peak"
+        print(f"    {kind:40s} {seconds:8.3f} s  {100 * seconds / wall:5.1f}%{note}")
+
+
+def profile_prefill(runner, page, peak: float) -> None:
+    """Vision encoder, then image projection + prompt, for one page."""
+    from kosmos_cli.model.decode_loop import ContinuousDecoder, _SlotCache
+
+    patches = page.flattened_patches[None].to(runner.dtype)
+
+    def vision():
+        with torch.inference_mode():
+            runner.model.vision_model(flattened_patches=patches)
+
+    decoder = ContinuousDecoder(runner.model, runner._prompt("ocr"), runner.eos_token_id, 256, slots=1,
+                                device=runner.device, dtype=runner.dtype)  # fmt: skip
+
+    def whole_prefill():
+        with torch.inference_mode():
+            decoder._prefill(_SlotCache(), [("page", page)], 0, None)
+
+    real_patches = int((page.flattened_patches[:, 0] > 0).sum())  # row and column ids start at 1
+    print(f"\nvision encoder, 1 page ({real_patches} real patches of {patches.shape[1]}):", flush=True)
+    vision_flops = counted_flops(vision)
+    vision_seconds = timed(vision, repeats=2)
+    total_vision = sum(vision_flops.values())
+    print(f"  {vision_seconds:.2f} s, {total_vision / 1e12:.2f} TFLOP ({vision_flops['attention'] / 1e12:.2f} in attention) "
+          f"-> {total_vision / vision_seconds / 1e12:.3f} "
+          f"TFLOP/s = {100 * total_vision / vision_seconds / peak:.0f}% of the matrix-product peak")  # fmt: skip
+    kinds, wall = time_by_kind(vision)
+    print_kinds(kinds, wall, vision_flops, peak)
+
+    print("\nprefill (image projection + 2052-token prompt), 1 page:", flush=True)
+    whole_flops = counted_flops(whole_prefill)
+    prefill_flops = {kind: count - vision_flops[kind] for kind, count in whole_flops.items()}
+    total_prefill = sum(prefill_flops.values())
+    with VisionLeftOut(runner.model) as vision_part:
+        prefill_seconds = vision_part.timed_without(whole_prefill)
+        print(f"  {prefill_seconds:.2f} s, {total_prefill / 1e12:.2f} TFLOP ({prefill_flops['attention'] / 1e12:.2f} "
+              f"in attention) -> {total_prefill / prefill_seconds / 1e12:.3f} TFLOP/s = "
+              f"{100 * total_prefill / prefill_seconds / peak:.0f}% of the matrix-product peak")  # fmt: skip
+        vision_part.seconds = 0.0
+        kinds, wall = time_by_kind(whole_prefill)  # the vision encoder's operators sit under its annotation
+        rest = "Python and dispatch between operators"
+        kinds[rest] = max(0.0, kinds[rest] - vision_part.seconds)
+        print_kinds(kinds, wall - vision_part.seconds, prefill_flops, peak)
+
+
+class VisionLeftOut:
+    """Leaves the vision encoder out of a prefill's times: its operators go under a profiler
+    annotation (so `time_by_kind` skips them) and its wall time is summed in `seconds`."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.seconds = 0.0
+
+    def __enter__(self):
+        vision = self.model.vision_model
+        self.handles = [vision.register_forward_pre_hook(self._begin), vision.register_forward_hook(self._end)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def _begin(self, module, args):
+        self._annotation = torch.profiler.record_function("vision encoder")
+        self._annotation.__enter__()
+        self._started = time.perf_counter()
+
+    def _end(self, module, args, output):
+        self.seconds += time.perf_counter() - self._started
+        self._annotation.__exit__(None, None, None)
+
+    def timed_without(self, function, repeats: int = 2) -> float:
+        """Median seconds of `function` minus the vision encoder's part (after a warm-up call)."""
+        function()
+        times = []
+        for _ in range(repeats):
+            self.seconds = 0.0
+            started = time.perf_counter()
+            function()
+            times.append(time.perf_counter() - started - self.seconds)
+        return sorted(times)[len(times) // 2]
+
+
+def busy_decoder(runner, slots: int, generated: int = 150):
+    """A decoder with every slot holding a page `generated` tokens in (random cache contents)."""
+    from kosmos_cli.model.decode_loop import ContinuousDecoder, _Row, _SlotCache
+
+    decoder = ContinuousDecoder(runner.model, runner._prompt("ocr"), runner.eos_token_id, 4096, slots=slots,
+                                device=runner.device, dtype=runner.dtype)  # fmt: skip
+    cache = _SlotCache()
+    length = decoder.prompt_length + generated
+    decoder._reserve(cache, length + 1, 0)
+    for buffer in (*cache.keys, *cache.values):
+        buffer[:, :, :length].normal_()
+    rows = [_Row(index, [5 + index], [0.0], length) for index in range(slots)]
+    return decoder, cache, rows
+
+
+def decode_step_bytes(runner, slots: int, capacity: int) -> tuple[int, int]:
+    """Bytes a decoding step must read: (decoder weights incl. lm_head, key/value cache buffers)."""
+    text = runner.model.text_model
+    weights = sum(p.numel() * p.element_size() for p in text.parameters())  # shared (tied) tensors once
+    embed = text.model.embed_tokens.weight
+    if text.lm_head.weight.data_ptr() != embed.data_ptr():  # untied: the lookup reads only a few rows
+        weights -= embed.numel() * embed.element_size()
+    config = runner.model.config.text_config
+    element = torch.finfo(runner.dtype).bits // 8
+    cache = 2 * config.layers * slots * capacity * config.embed_dim * element
+    return weights, cache
+
+
+def profile_decode(runner, slots: int, bandwidth: float, compile_step: bool) -> None:
+    decoder, cache, rows = busy_decoder(runner, slots)
+
+    def step():
+        with torch.inference_mode():
+            decoder._step(cache, rows, None)
+
+    seconds = timed(step, repeats=5)
+    capacity = cache.keys[0].shape[2]
+    weights, kv = decode_step_bytes(runner, slots, capacity)
+    floor = (weights + kv) / bandwidth
+    print(f"\ndecoding step, {slots} slots busy (cache capacity {capacity} positions):", flush=True)
+    print(f"  {1000 * seconds:.1f} ms per step = {1000 * seconds / slots:.1f} ms per token per page; must read "
+          f"{weights / 1e9:.2f} GB of weights + {kv / 1e9:.2f} GB of key/value cache = {floor * 1000:.1f} ms "
+          f"at {bandwidth / 1e9:.1f} GB/s ({100 * floor / seconds:.0f}% of the step)")  # fmt: skip
+    kinds, wall = time_by_kind(step, lm_head_columns=runner.model.config.text_config.vocab_size)
+    print_kinds(kinds, wall)
+    if compile_step:
+        eager_layers = decoder._layers
+        started = time.perf_counter()
+        decoder._layers = torch.compile(eager_layers, dynamic=False)
+        try:
+            step()
+        except Exception as exc:  # noqa: BLE001 - a trial: report whatever stops the compiler
+            print(f"  torch.compile: failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+            decoder._layers = eager_layers
+            return
+        print(f"  torch.compile (inductor) of the decoder layers: first step (compiling) "
+              f"{time.perf_counter() - started:.1f} s", flush=True)  # fmt: skip
+        compiled = timed(step, repeats=5)
+        decoder._layers = eager_layers
+        eager = timed(step, repeats=5)
+        print(f"  compiled {1000 * compiled:.1f} ms per step vs eager {1000 * eager:.1f} ms (same cache, "
+              f"measured back to back): {eager / compiled:.2f}x")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--slots", default="4,8", help="busy slots for the decoding step (default 4,8)")
+    parser.add_argument("--compile", action="store_true", help="also try torch.compile on the decoding step")
+    parser.add_argument("--skip-prefill", action="store_true", help="only the decoding step")
+    parser.add_argument("--cache", type=Path, default=REPO / ".cache" / "bench-full-random")
+    args = parser.parse_args()
+    from kosmos_cli.model.runner import ModelRunner, RunnerSettings
+
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, CPU flags: {matmul.cpu_flags()}", flush=True)
+    checkpoint = build_checkpoint(args.cache, 4096)
+    runner = ModelRunner(RunnerSettings(model=str(checkpoint), device="cpu", max_patches=4096, stop_on_loops=False))
+    runner.model.requires_grad_(False)  # the FLOP counter's module hooks trip over parameters that want grads
+    print(f"kosmos25 runner: dtype {str(runner.dtype).replace('torch.', '')}, attention {runner.attention}, "
+          f"CPU kernels {runner.cpu_kernels.describe()}")  # fmt: skip
+    peak, _rows = matmul.peak_flops(runner.dtype)
+    copy = matmul.copy_bandwidth()
+    weight_read = max(matmul.weight_read_bandwidth(rows, runner.dtype) for rows in (1, 4, 8))
+    bandwidth = max(copy, weight_read)
+    print(f"yardsticks: matrix-product peak {peak / 1e12:.3f} TFLOP/s ({runner.dtype}); memory bandwidth "
+          f"{bandwidth / 1e9:.1f} GB/s (copy {copy / 1e9:.1f}, weights read by a few rows {weight_read / 1e9:.1f})")  # fmt: skip
+    if not args.skip_prefill:
+        page = runner.prepare(synthetic_pages(2)[1])
+        profile_prefill(runner, page, peak)
+    for slots in (int(value) for value in args.slots.split(",") if value):
+        profile_decode(runner, slots, bandwidth, args.compile)
+
+
+if __name__ == "__main__":
+    main()
