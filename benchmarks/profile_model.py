@@ -10,9 +10,11 @@ through kosmos25's own `ModelRunner` (its kernels and speed-ups), one A4-like pa
    split by kind of operation, against the bytes it must read (weights, the key/value
    cache) at the measured memory bandwidth;
 3. `--compile`: the same step with the decoder layers under `torch.compile`
-   (inductor on CPU), to decide whether compiling pays.
+   (inductor on CPU; on CUDA mode "reduce-overhead", i.e. CUDA graphs), to decide
+   whether compiling pays.
 
 Run: `python benchmarks/profile_model.py [--slots 4,8] [--compile]` (a few minutes on 2 cores).
+`--device cuda` times the decoding step only (no CPU yardsticks, no per-operator split).
 """
 
 from __future__ import annotations
@@ -62,8 +64,20 @@ KINDS = {
 }
 
 
+def _synchronized(function):
+    if not torch.cuda.is_available():
+        return function
+
+    def call():
+        function()
+        torch.cuda.synchronize()
+
+    return call
+
+
 def timed(function, repeats: int = 3) -> float:
-    """Median seconds per call (after one warm-up call)."""
+    """Median seconds per call (after one warm-up call); waits for the GPU where there is one."""
+    function = _synchronized(function)
     function()
     times = []
     for _ in range(repeats):
@@ -249,7 +263,7 @@ def decode_step_bytes(runner, slots: int, capacity: int) -> tuple[int, int]:
     return weights, cache
 
 
-def profile_decode(runner, slots: int, bandwidth: float, compile_step: bool) -> None:
+def profile_decode(runner, slots: int, bandwidth: float, compile_step: bool, split: bool = True) -> None:
     decoder, cache, rows = busy_decoder(runner, slots)
 
     def step():
@@ -264,22 +278,26 @@ def profile_decode(runner, slots: int, bandwidth: float, compile_step: bool) -> 
     print(f"  {1000 * seconds:.1f} ms per step = {1000 * seconds / slots:.1f} ms per token per page; must read "
           f"{weights / 1e9:.2f} GB of weights + {kv / 1e9:.2f} GB of key/value cache = {floor * 1000:.1f} ms "
           f"at {bandwidth / 1e9:.1f} GB/s ({100 * floor / seconds:.0f}% of the step)")  # fmt: skip
-    kinds, wall = time_by_kind(step, lm_head_columns=runner.model.config.text_config.vocab_size)
-    print_kinds(kinds, wall)
+    if split:
+        kinds, wall = time_by_kind(step, lm_head_columns=runner.model.config.text_config.vocab_size)
+        print_kinds(kinds, wall)
     if compile_step:
-        eager_layers = decoder._layers
+        eager_layers = decoder._step_layers
         started = time.perf_counter()
-        decoder._layers = torch.compile(eager_layers, dynamic=False)
+        on_gpu = str(runner.device).startswith("cuda")
+        mode = "reduce-overhead" if on_gpu else None  # CUDA graphs: a step's many small kernels in one launch
+        decoder._step_layers = torch.compile(eager_layers, dynamic=False, mode=mode)
         try:
-            step()
+            for _ in range(3 if on_gpu else 1):  # CUDA graphs are recorded after warm-up calls
+                _synchronized(step)()
         except Exception as exc:  # noqa: BLE001 - a trial: report whatever stops the compiler
             print(f"  torch.compile: failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
-            decoder._layers = eager_layers
+            decoder._step_layers = eager_layers
             return
-        print(f"  torch.compile (inductor) of the decoder layers: first step (compiling) "
+        print(f"  torch.compile ({mode or 'inductor'}) of the decoder layers: first steps (compiling) "
               f"{time.perf_counter() - started:.1f} s", flush=True)  # fmt: skip
         compiled = timed(step, repeats=5)
-        decoder._layers = eager_layers
+        decoder._step_layers = eager_layers
         eager = timed(step, repeats=5)
         print(f"  compiled {1000 * compiled:.1f} ms per step vs eager {1000 * eager:.1f} ms (same cache, "
               f"measured back to back): {eager / compiled:.2f}x")  # fmt: skip
@@ -291,13 +309,23 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also try torch.compile on the decoding step")
     parser.add_argument("--skip-prefill", action="store_true", help="only the decoding step")
     parser.add_argument("--cache", type=Path, default=REPO / ".cache" / "bench-full-random")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda: the decoding step only")
     args = parser.parse_args()
     from kosmos_cli.model.runner import ModelRunner, RunnerSettings
 
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, CPU flags: {matmul.cpu_flags()}", flush=True)
     checkpoint = build_checkpoint(args.cache, 4096)
-    runner = ModelRunner(RunnerSettings(model=str(checkpoint), device="cpu", max_patches=4096, stop_on_loops=False))
-    runner.model.requires_grad_(False)  # the FLOP counter's module hooks trip over parameters that want grads
+    runner = ModelRunner(RunnerSettings(model=str(checkpoint), device=args.device, max_patches=4096,
+                                        stop_on_loops=False))  # fmt: skip
+    runner.model.requires_grad_(False)
+    if str(runner.device).startswith("cuda"):
+        source = torch.empty(1 << 29, dtype=torch.bfloat16, device=runner.device)
+        bandwidth = 2 * source.numel() * source.element_size() / timed(lambda: source.clone())
+        print(f"{torch.cuda.get_device_name()}: dtype {runner.dtype}, attention {runner.attention}, "
+              f"copy bandwidth {bandwidth / 1e9:.0f} GB/s")  # fmt: skip
+        for slots in (int(value) for value in args.slots.split(",") if value):
+            profile_decode(runner, slots, bandwidth, args.compile, split=False)
+        return  # the FLOP counter's module hooks trip over parameters that want grads
     print(f"kosmos25 runner: dtype {str(runner.dtype).replace('torch.', '')}, attention {runner.attention}, "
           f"CPU kernels {runner.cpu_kernels.describe()}")  # fmt: skip
     peak, _rows = matmul.peak_flops(runner.dtype)

@@ -105,3 +105,7 @@ def test_continuous_and_static_batching_give_the_same_documents(trained_model, r
             assert batching in reader.describe() or "per batch" in reader.describe()
             docs[batching] = [d.to_dict() for d in reader.ocr_many(sources, dpi=50)]
         assert docs["continuous"] == docs["static"]
+    # compile=True (--compile): the same documents, its decoding steps run compiled.
+    reader = kosmos_cli.Reader(model=str(random_model), dtype="float32", max_new_tokens=40, batch_size=2, compile=True)
+    assert "compiled decoding steps" in reader.describe()
+    assert [d.to_dict() for d in reader.ocr_many(sources, dpi=50)] == docs["static"]

@@ -193,6 +193,7 @@ def test_out_of_range_pages_and_usage_errors(tmp_path, trained_model):
         (["--pages", "2-1"], "--pages"),
         (["--format", "md"], "'md' is not one of 'json', 'tsv', 'txt', 'pdf', 'hocr', 'alto'"),
         (["--device", "tpu"], "--device tpu"),
+        (["--compile", "--batching", "static"], "--compile applies to --batching continuous"),
     ]:
         bad = run_cli("ocr", str(tmp_path / "a.pdf"), "--model", str(trained_model), *args)
         assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr

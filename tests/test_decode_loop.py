@@ -19,6 +19,7 @@ from PIL import Image
 
 import tiny_checkpoint
 from kosmos_cli.model import decode_loop, runner as runner_module
+from kosmos_cli.model.cpu_attention import CPU_ATTENTION, CpuKernels, register_cpu_attention
 from kosmos_cli.model.decode_loop import ContinuousDecoder
 from kosmos_cli.model.runner import ModelRunner, RunnerSettings, finish_row
 
@@ -218,14 +219,21 @@ def test_looping_and_runner_glue_match_generate_prepared(varied_model, monkeypat
         np.testing.assert_allclose(streamed[key].logprobs, logprobs, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+@pytest.mark.parametrize("attention", ["eager", "sdpa", "kosmos25_cpu with sdpa"])
 def test_other_attention_kernels(case, attention):
-    """Eager attention takes additive masks; torch's SDPA (as on CUDA) takes boolean ones."""
+    """Eager attention takes additive masks; torch's SDPA (as on CUDA) takes boolean ones;
+    kosmos25's CPU attention with torch's SDPA for both kinds, as machines with AMX measure it."""
     runner, pages, eos, references = case
-    runner.model.set_attn_implementation(attention)
+    if attention.startswith(CPU_ATTENTION):
+        if runner.device != "cpu":
+            pytest.skip("CPU kernels")
+        register_cpu_attention(CpuKernels("sdpa", "sdpa", measured=True))
+    runner.model.set_attn_implementation(attention.split()[0])
     try:
         finished = list(_decoder(runner, eos, NEW_TOKENS, slots=3, stop_on_loops=False).run(enumerate(pages)))
     finally:
+        if runner.cpu_kernels is not None:
+            register_cpu_attention(runner.cpu_kernels)
         runner.model.set_attn_implementation(runner.attention)
     for page in finished:
         assert page.tokens == references[page.key][0], page.key
@@ -299,3 +307,16 @@ def test_caller_code_between_pages_runs_outside_inference_mode(case):
     runner, pages, eos, _references = case
     for _page in _decoder(runner, eos, NEW_TOKENS, slots=2, stop_on_loops=False).run(enumerate(pages[:4])):
         assert not torch.is_inference_mode_enabled() and torch.is_grad_enabled()
+
+
+def test_compiled_decoding_steps_give_the_same_tokens(case):
+    # --compile: the decoding steps' layers under torch.compile (dynamic shapes: rows and
+    # cache capacity change as pages end and join), compiled once and shared by decoders.
+    runner, pages, eos, references = case
+    for _run in range(2):
+        decoder = _decoder(runner, eos, NEW_TOKENS, slots=3, stop_on_loops=False, compile_steps=True)
+        assert decoder._step_layers is decode_loop._compiled_layers()
+        finished = {page.key: page for page in decoder.run(enumerate(pages))}
+        for key, (tokens, logprobs, truncated, _looping) in enumerate(references):
+            assert finished[key].tokens == tokens, key
+            np.testing.assert_allclose(finished[key].logprobs, logprobs, rtol=1e-4, atol=1e-4)

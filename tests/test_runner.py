@@ -6,7 +6,14 @@ import pytest
 from PIL import Image
 
 import tiny_checkpoint
-from kosmos_cli.model.runner import ModelRunner, RunnerSettings, auto_batch_size, finish_row
+from kosmos_cli.model.runner import (
+    CPU_BATCH_LIMIT,
+    CUDA_BATCH_LIMIT,
+    ModelRunner,
+    RunnerSettings,
+    auto_batch_size,
+    finish_row,
+)
 
 pytestmark = pytest.mark.model
 
@@ -45,7 +52,8 @@ def test_batching_does_not_change_greedy_tokens(random_model):
 def test_batched_logits_match_single_page_logits(random_model):
     import torch
 
-    runner = ModelRunner(RunnerSettings(model=str(random_model), dtype="float32"))
+    # CPU: the processor's tensors are fed to the model as they are.
+    runner = ModelRunner(RunnerSettings(model=str(random_model), device="cpu", dtype="float32"))
     images = _images()
 
     def next_token_logits(batch):
@@ -63,7 +71,8 @@ def test_batched_logits_match_single_page_logits(random_model):
 
 def test_auto_batch_size_is_bounded(trained_model):
     runner = ModelRunner(RunnerSettings(model=str(trained_model)))
-    assert 1 <= auto_batch_size(runner) <= 8
+    limit = CUDA_BATCH_LIMIT if runner.device.startswith("cuda") else CPU_BATCH_LIMIT
+    assert 1 <= auto_batch_size(runner) <= limit
 
 
 def test_looping_generation_stopped_early_and_flagged(random_model, monkeypatch):
@@ -106,7 +115,7 @@ def test_confidence_is_the_chosen_tokens_probability(trained_model):
 
     import torch
 
-    runner = ModelRunner(RunnerSettings(model=str(trained_model), dtype="float32", max_new_tokens=200))
+    runner = ModelRunner(RunnerSettings(model=str(trained_model), device="cpu", dtype="float32", max_new_tokens=200))
     image = _images()[0]
     output = runner.generate([image], "ocr")[0]
     # Reference: generate's own scores for the same greedy run.
@@ -133,3 +142,17 @@ def test_segment_confidences_split_at_box_tokens_and_skip_eos():
     assert parts[0] is None  # nothing before the first box
     assert parts[1] == pytest.approx(0.5)
     assert parts[2] == pytest.approx(math.sqrt(0.9 * 0.1))  # the end token belongs to no line
+
+
+def test_compile_setting_reaches_the_decoding_steps(trained_model):
+    from kosmos_cli.errors import UsageError
+    from kosmos_cli.model import decode_loop
+
+    runner = ModelRunner(RunnerSettings(model=str(trained_model), device="cpu", dtype="float32", compile=True))
+    pairs = [(index, runner.prepare(image)) for index, image in enumerate(_images())]
+    outputs = {item.key: item.output for item in runner.decode_stream(pairs, "ocr", slots=2)}
+    assert runner.last_decoder._step_layers is decode_loop._compiled_layers()
+    assert [outputs[index].text for index in range(3)] == [output.text for output in runner.generate(_images(), "ocr")]
+    assert "TOTAL 12.50" in outputs[0].text
+    with pytest.raises(UsageError, match="--compile applies to --batching continuous"):
+        ModelRunner(RunnerSettings(model=str(trained_model), batching="static", compile=True))

@@ -73,12 +73,12 @@ def upstream_registry():
 
 def test_vision_encoder_uses_the_cpu_kernel_and_matches_eager(random_model, monkeypatch, upstream_registry):
     layers = 2  # tiny checkpoint's vision layers
-    eager_runner = ModelRunner(RunnerSettings(model=str(random_model), dtype="float32", attn="eager"))
+    eager_runner = ModelRunner(RunnerSettings(model=str(random_model), device="cpu", dtype="float32", attn="eager"))
     eager_hidden, eager_calls = _vision_run(eager_runner, monkeypatch)
     assert eager_calls == {"eager": layers, "sdpa": 0, "kosmos25_cpu": 0}
 
     upstream_registry()
-    fast_runner = ModelRunner(RunnerSettings(model=str(random_model), dtype="float32", attn="sdpa"))
+    fast_runner = ModelRunner(RunnerSettings(model=str(random_model), device="cpu", dtype="float32", attn="sdpa"))
     assert fast_runner.fast_vision_attention and not eager_runner.fast_vision_attention
     fast_hidden, fast_calls = _vision_run(fast_runner, monkeypatch)
     assert fast_calls == {"eager": 0, "sdpa": 0, "kosmos25_cpu": layers}
@@ -91,7 +91,7 @@ def test_vision_elementwise_steps_are_fused_and_equal(random_model):
 
     from kosmos_cli.model.speedups import fuse_vision_elementwise
 
-    runner = ModelRunner(RunnerSettings(model=str(random_model), dtype="float32", attn="eager"))
+    runner = ModelRunner(RunnerSettings(model=str(random_model), device="cpu", dtype="float32", attn="eager"))
     vision = runner.model.vision_model
     norms = [m for m in vision.modules() if type(m) is modeling_kosmos2_5.Kosmos2_5LayerNorm]
     assert len(norms) == 2 * 2 + 1 and sum(isinstance(m, NewGELUActivation) for m in vision.modules()) == 2
@@ -123,7 +123,7 @@ def test_greedy_tokens_identical_with_and_without_the_speedups(
         if kernels is not None:
             monkeypatch.setattr(runner_module, "measure_cpu_kernels", lambda *shape: kernels)
         for name, model in (("trained", trained_model), ("random", random_model)):
-            settings = RunnerSettings(model=str(model), dtype="float32", attn=way.split()[0], max_new_tokens=40)
+            settings = RunnerSettings(model=str(model), device="cpu", dtype="float32", attn=way.split()[0], max_new_tokens=40)
             runner = ModelRunner(settings)
             assert runner.cpu_kernels == (None if way == "eager" else kernels or CpuKernels())
             results[way, name] = runner.generate(images, "ocr")
@@ -139,7 +139,7 @@ def test_greedy_tokens_identical_with_and_without_the_speedups(
 def test_cpu_kernels_are_measured_and_registered_at_real_patch_counts(random_model):
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    runner = ModelRunner(RunnerSettings(model=str(random_model), dtype="float32", max_patches=1024))
+    runner = ModelRunner(RunnerSettings(model=str(random_model), device="cpu", dtype="float32", max_patches=1024))
     assert runner.cpu_kernels.measured
     assert ALL_ATTENTION_FUNCTIONS[runner.attention].keywords["kernels"] == runner.cpu_kernels
 
@@ -147,7 +147,7 @@ def test_cpu_kernels_are_measured_and_registered_at_real_patch_counts(random_mod
 def test_growing_cache_gives_the_same_tokens_as_dynamic_cache(random_model):
     from kosmos_cli.model.speedups import growing_cache
 
-    runner = ModelRunner(RunnerSettings(model=str(random_model), dtype="float32"))
+    runner = ModelRunner(RunnerSettings(model=str(random_model), device="cpu", dtype="float32"))
     pages = [runner.prepare(image) for image in _images()]
     inputs = {key: value.repeat(2, 1) for key, value in runner._prompt("ocr").items()}
     inputs["flattened_patches"] = torch.stack([page.flattened_patches for page in pages])

@@ -50,6 +50,7 @@ class Reader:
         max_new_tokens: int = 4096,
         max_patches: int | None = None,
         batching: str = "continuous",
+        compile: bool = False,  # noqa: A002 - the command line's --compile
     ) -> None:
         if batching not in ("continuous", "static"):
             raise UsageError(f"batching {batching!r}: expected 'continuous' or 'static'")
@@ -62,6 +63,7 @@ class Reader:
             max_new_tokens=max_new_tokens,
             max_patches=max_patches,
             batching=batching,
+            compile=compile,
         )
         self.settings = settings
         self.runner = ModelRunner(settings)
@@ -82,6 +84,7 @@ class Reader:
             max_new_tokens=settings.max_new_tokens,
             max_patches=settings.max_patches,
             batching=settings.batching,
+            compile=settings.compile,
         )
 
     def describe(self) -> str:
@@ -90,6 +93,8 @@ class Reader:
         dtype = str(runner.dtype).removeprefix("torch.")
         continuous = self.settings.batching == "continuous" and runner.supports_continuous_batching
         kind = "continuous batching" if continuous else "per batch"
+        if continuous and self.settings.compile:
+            kind += ", compiled decoding steps"
         pages = f"{self.batch_size} page{'s' * (self.batch_size != 1)} {kind}"
         attention = f"{runner.attention} attention"
         if runner.cpu_kernels is not None:

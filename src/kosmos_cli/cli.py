@@ -142,6 +142,12 @@ BatchingOption = Annotated[
     Batching,
     typer.Option(rich_help_panel=SPEED, help="continuous: a finished page's slot takes the next page at once."),
 ]
+CompileOption = Annotated[
+    bool,
+    _flag("--compile", panel=SPEED,
+          help="Compile the decoding steps (torch.compile): 1.5x faster steps on a GPU after a minute or more "
+               "of compiling, so for long runs; no gain on CPU."),  # fmt: skip
+]
 
 Ray = Annotated[
     Optional[str],
@@ -202,6 +208,7 @@ def ocr(
     max_new_tokens: MaxNewTokens = 4096,
     max_patches: MaxPatches = None,
     batching: BatchingOption = Batching.continuous,
+    compile_steps: CompileOption = False,
     ray: Ray = None,
     workers: Workers = None,
     gpus_per_worker: GpusPerWorker = 1.0,
@@ -215,7 +222,8 @@ def ocr(
             output=OutputOptions(OcrFormat(format).value, output, draw, overwrite, RenderOptions(image_dpi, password)),
             batch_size=batch_size,
             page_options=_page_options(pages, dpi, password, max_pixels),
-            runner=_runner_settings(model, revision, device, dtype, attn, max_new_tokens, max_patches, batching),
+            runner=_runner_settings(model, revision, device, dtype, attn, max_new_tokens, max_patches, batching,
+                                   compile_steps),
             ray=_ray_options(ray, workers, gpus_per_worker, pages_per_task, verbose),
         ),
         quiet=quiet,
@@ -247,6 +255,7 @@ def md(
     max_new_tokens: MaxNewTokens = 4096,
     max_patches: MaxPatches = None,
     batching: BatchingOption = Batching.continuous,
+    compile_steps: CompileOption = False,
     ray: Ray = None,
     workers: Workers = None,
     gpus_per_worker: GpusPerWorker = 1.0,
@@ -260,7 +269,8 @@ def md(
             output=OutputOptions(MdFormat(format).value, output, None, overwrite, RenderOptions(password=password)),
             batch_size=batch_size,
             page_options=_page_options(pages, dpi, password, max_pixels),
-            runner=_runner_settings(model, revision, device, dtype, attn, max_new_tokens, max_patches, batching),
+            runner=_runner_settings(model, revision, device, dtype, attn, max_new_tokens, max_patches, batching,
+                                   compile_steps),
             ray=_ray_options(ray, workers, gpus_per_worker, pages_per_task, verbose),
         ),
         quiet=quiet,
@@ -306,6 +316,7 @@ def eval_(
     max_new_tokens: MaxNewTokens = 4096,
     max_patches: MaxPatches = None,
     batching: BatchingOption = Batching.continuous,
+    compile_steps: CompileOption = False,
 ) -> None:
     """Score the model against ground truth: CER, WER, and line detection (ocr)."""
     from .evaluation.run import EvalJob
@@ -316,7 +327,8 @@ def eval_(
         lambda: EvalJob(
             task=Task(task).value,
             paths=_input_paths(paths, files_from, null),
-            runner=_runner_settings(model, revision, device, dtype, attn, max_new_tokens, max_patches, batching),
+            runner=_runner_settings(model, revision, device, dtype, attn, max_new_tokens, max_patches, batching,
+                                   compile_steps),
             page_options=_page_options(pages, dpi, password, max_pixels),
             truth_dir=gt,
             iou=iou,
@@ -490,7 +502,8 @@ def _page_options(pages: str | None, dpi: int, password: str | None, max_pixels:
 
 
 def _runner_settings(model: str | None, revision: str | None, device: str, dtype: Dtype, attn: Attn,
-                     max_new_tokens: int, max_patches: int | None, batching: Batching) -> RunnerSettings:  # fmt: skip
+                     max_new_tokens: int, max_patches: int | None, batching: Batching,
+                     compile_steps: bool) -> RunnerSettings:  # fmt: skip
     return RunnerSettings(
         model=model or default_model(),
         revision=revision,
@@ -500,6 +513,7 @@ def _runner_settings(model: str | None, revision: str | None, device: str, dtype
         max_new_tokens=max_new_tokens,
         max_patches=max_patches,
         batching=Batching(batching).value,
+        compile=compile_steps,
     )
 
 

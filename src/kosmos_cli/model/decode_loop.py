@@ -26,6 +26,7 @@ torch is imported inside functions so the CLI's `--help` stays instant.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -112,11 +113,14 @@ class _SlotCache:
     Buffers are [slots, heads, capacity, dim] per layer. In a prefill the new keys go
     to rows `rows`, positions 0..P-1, and attention runs on them as they are (causal).
     In a decoding step each active row's key goes to its own position `lengths[row]`
-    and attention gets rows 0..n-1 of the whole buffers (contiguous) plus a key mask.
-    Whole buffers, not the longest row's length: the shapes then change only when the
+    and attention gets rows 0..n-1 of the buffers' first `width` positions plus a key
+    mask. On GPUs `width` is the whole capacity: the shapes then change only when the
     capacity does, every CACHE_BLOCK steps, rather than at every step (kernels that plan
-    per shape, such as cuDNN's attention, would plan again each time), and the CPU
-    decode kernel reads whole buffers anyway.
+    per shape, such as cuDNN's attention, would plan again each time). On CPU it is the
+    longest row's length: a step there is bound by the bytes it reads, and torch's
+    attention over the used positions alone was 1.3x (256 unused) to 1.9x (1,100 unused)
+    as fast (8 and 4 rows, bf16; `products`, kosmos25's other CPU kernel, reads the
+    whole buffer behind the view anyway).
     """
 
     def __init__(self) -> None:
@@ -126,6 +130,7 @@ class _SlotCache:
         self.rows = slice(0)  # the prefill's rows: a new group always goes right after the live rows
         self.prompt_length = 0
         self.active = 0
+        self.width = 0  # positions a decoding step's attention reads
         self.positions = None  # [n] write position per active row (device)
         self.row_index = None  # [n] arange (device)
 
@@ -138,7 +143,7 @@ class _SlotCache:
             return key_states, value_states
         keys[self.row_index, :, self.positions] = key_states[:, :, 0]
         values[self.row_index, :, self.positions] = value_states[:, :, 0]
-        return keys[: self.active], values[: self.active]
+        return keys[: self.active, :, : self.width], values[: self.active, :, : self.width]
 
 
 class ContinuousDecoder:
@@ -150,6 +155,7 @@ class ContinuousDecoder:
     prefilled together (default: `slots`), which bounds the prefill's activations.
     Memory held: the slots' caches (at most [slots, heads, P + max_new_tokens, dim] per
     layer, grown and shrunk in blocks of CACHE_BLOCK) plus one prefill group.
+    `compile_steps` runs the decoding steps' layers under `torch.compile` (see README, Speed).
     """
 
     def __init__(
@@ -165,6 +171,7 @@ class ContinuousDecoder:
         device=None,
         dtype=None,
         max_prefill: int | None = None,
+        compile_steps: bool = False,
     ) -> None:
         import torch
 
@@ -205,6 +212,9 @@ class ContinuousDecoder:
         self.padding_idx = self.transformer.embed_positions.padding_idx
         self.stats = LoopStats()
         self._extend_position_table(self.padding_idx + 1 + self.capacity_limit + 1)
+        self._cache_keyword = cache_keyword()
+        self.read_used_width = self.device.type == "cpu"  # see _SlotCache
+        self._step_layers = _compiled_layers() if compile_steps else _run_layers
 
     def _extend_position_table(self, needed: int) -> None:
         # The table grows only when an eager forward computes a longer length than it has;
@@ -300,7 +310,7 @@ class ContinuousDecoder:
         cache.rows = slice(first_row, first_row + count)
         cache.prompt_length = self.prompt_length
         mask = None if self.attention != "eager" else self._causal_mask(self.prompt_length)
-        hidden = self._layers(hidden, mask, cache)
+        hidden = _run_layers(transformer.layers, hidden, mask, {self._cache_keyword: cache})
         last = transformer.layer_norm(hidden[:, -1:])
         logits = model.text_model.lm_head(last)[:, -1]
         keys = [key for key, _page in group]
@@ -314,7 +324,7 @@ class ContinuousDecoder:
         count = len(rows)
         lengths = [row.length for row in rows]
         self._reserve(cache, max(lengths) + 1, count)
-        width = cache.keys[0].shape[2]
+        width = max(lengths) + 1 if self.read_used_width else cache.keys[0].shape[2]
         input_ids = torch.tensor([[row.tokens[-1]] for row in rows], device=self.device)
         positions_now = torch.tensor(lengths, device=self.device)
         embeds = transformer.embed_tokens(input_ids) * transformer.embed_scale
@@ -329,10 +339,11 @@ class ContinuousDecoder:
 
         cache.mode = "decode"
         cache.active = count
+        cache.width = width
         cache.positions = positions_now
         cache.row_index = torch.arange(count, device=self.device)
         mask = self._key_mask(positions_now, width)
-        hidden = self._layers(hidden, mask, cache)
+        hidden = self._step_layers(self.transformer.layers, hidden, mask, {self._cache_keyword: cache})
         logits = self.model.text_model.lm_head(transformer.layer_norm(hidden))[:, -1]
         keys = [row.key for row in rows]
         tokens, logprobs = self._choose(logits, keys, [len(row.tokens) for row in rows], logits_hook)
@@ -342,12 +353,6 @@ class ContinuousDecoder:
             row.length += 1
         self.stats.decode_steps += 1
         self.stats.row_steps += count
-
-    def _layers(self, hidden, mask, cache: _SlotCache):
-        keyword = {cache_keyword(): cache}
-        for layer in self.transformer.layers:
-            hidden = layer(hidden, attention_mask=mask, **keyword)
-        return hidden
 
     def _choose(self, logits, keys, generated: list[int], logits_hook):
         """Greedy choice per row and its log-probability; nothing vocabulary-sized is kept."""
@@ -456,6 +461,25 @@ class ContinuousDecoder:
         import torch
 
         return torch.zeros(shape, dtype=self.dtype, device=self.device)
+
+
+def _run_layers(layers, hidden, mask, cache_argument: dict):
+    for layer in layers:
+        hidden = layer(hidden, attention_mask=mask, **cache_argument)
+    return hidden
+
+
+@functools.cache
+def _compiled_layers():
+    """`_run_layers` under inductor, compiled once per process and shared by every decoder.
+
+    Decoding steps' many small operations are fused into fewer kernels. Shapes are dynamic
+    (rows and cache capacity change as pages come and go), so it compiles a few times per
+    process, not once per shape. Prefills stay eager: one call per page.
+    """
+    import torch
+
+    return torch.compile(_run_layers, dynamic=True)
 
 
 def _round_up(value: int, multiple: int) -> int:

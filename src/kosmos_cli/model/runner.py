@@ -29,8 +29,9 @@ if TYPE_CHECKING:
 
 TASK_PROMPTS = {"ocr": "<ocr>", "md": "<md>"}
 BOX_TOKEN = "<bbox>"
-# Slots (pages decoding together) at most on CPU; see auto_batch_size.
+# Slots (pages decoding together) at most on CPU and on CUDA; see auto_batch_size.
 CPU_BATCH_LIMIT = 8
+CUDA_BATCH_LIMIT = 16
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class RunnerSettings:
     # Benchmarks force a fixed length per page: min_new_tokens = max_new_tokens, no loop stop.
     min_new_tokens: int = 0
     stop_on_loops: bool = True
+    # Continuous batching's decoding steps under torch.compile (--compile; README, Speed).
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,8 @@ class ModelRunner:
         self.dtype = resolve_dtype(settings.dtype, self.device)
         if settings.attn == "flash_attention_2" and not self.device.startswith("cuda"):
             raise UsageError("--attn flash_attention_2 needs a CUDA device")
+        if settings.compile and settings.batching != "continuous":
+            raise UsageError("--compile applies to --batching continuous")
         # On CPU, "sdpa" means kosmos25's CPU attention kernels, chosen per machine (see cpu_attention).
         self.attention = register_cpu_attention() if self.device == "cpu" and settings.attn == "sdpa" else settings.attn
         self.processor, self.model = load_model(settings.model, settings.revision, self.device, self.dtype, self.attention)
@@ -229,6 +234,7 @@ class ModelRunner:
             # full-size, bf16, 2 cores: 6.9 s per page alone, 8.2 in fours, 8.4 in eights), so pages
             # are prefilled one at a time there; GPUs gain from groups.
             max_prefill=1 if self.device == "cpu" else None,
+            compile_steps=self.settings.compile,
         )
         self.last_decoder = decoder  # its `stats` tell benchmarks how the slots were used
         sizes: dict = {}
@@ -350,7 +356,7 @@ def auto_batch_size(runner: ModelRunner) -> int:
     """
     import torch
 
-    limit = 16 if runner.device.startswith("cuda") else CPU_BATCH_LIMIT
+    limit = CUDA_BATCH_LIMIT if runner.device.startswith("cuda") else CPU_BATCH_LIMIT
     config = runner.model.config
     text, vision = config.text_config, config.vision_config
     element = torch.finfo(runner.dtype).bits // 8
