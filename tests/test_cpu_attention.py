@@ -13,6 +13,7 @@ from kosmos_cli.model.cpu_attention import (
     CpuKernels,
     _fastest,
     _kept_keys,
+    _runs_of_similar_ends,
     _whole_buffer,
     measure_cpu_kernels,
     register_cpu_attention,
@@ -118,6 +119,31 @@ def test_decode_step_matches_sdpa_on_a_growing_cache_view(kernel):
     fast, _ = attention(Attention(True), query, key_view, value_view, mask, scaling=0.3)
     reference, _ = sdpa_attention_forward(Attention(True), query, key_view.contiguous(), value_view.contiguous(), mask, scaling=0.3)
     torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("short_row_keys", [4, 1000])
+def test_one_query_rows_of_different_lengths_match_sdpa(monkeypatch, short_row_keys):
+    # A decoding step's boolean key mask: rows end at different positions (one also starts
+    # late, as a left-padded row would); 4: rows in calls of their own; 1000: one call.
+    monkeypatch.setattr(cpu_attention, "SHORT_ROW_KEYS", short_row_keys)
+    torch.manual_seed(0)
+    query, keys, values = torch.randn(4, 3, 1, 8), torch.randn(4, 3, 40, 8), torch.randn(4, 3, 40, 8)
+    mask = torch.zeros(4, 1, 1, 40, dtype=torch.bool)
+    for row, end in enumerate([40, 12, 31, 5]):
+        mask[row, ..., :end] = True
+    mask[2, ..., :3] = False
+    attention = ALL_ATTENTION_FUNCTIONS[register_cpu_attention(CpuKernels(one_query="sdpa"))]
+    fast, _ = attention(Attention(True), query, keys, values, mask, scaling=0.3)
+    reference, _ = sdpa_attention_forward(Attention(True), query, keys, values, mask, scaling=0.3)
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_rows_are_grouped_in_neighbouring_runs_of_similar_length(monkeypatch):
+    monkeypatch.setattr(cpu_attention, "SHORT_ROW_KEYS", 256)
+    assert _runs_of_similar_ends([3000, 2200, 2300, 2250]) == [(0, 1, 3000), (1, 4, 2300)]
+    assert _runs_of_similar_ends([2200, 3000, 2300]) == [(0, 1, 2200), (1, 2, 3000), (2, 3, 2300)]
+    assert _runs_of_similar_ends([2200, 2400, 2100]) == [(0, 2, 2400), (2, 3, 2100)]  # 300 apart over the run
+    assert _runs_of_similar_ends([2200, 2300]) == [(0, 2, 2300)]
 
 
 def test_unusual_calls_go_to_sdpa(monkeypatch):

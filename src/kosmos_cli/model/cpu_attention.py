@@ -37,6 +37,9 @@ BLOCK_BYTES = 4 << 20
 MEASURE_FROM_KEYS = 1024
 # Query rows the many-query candidates are timed on (their cost grows linearly with rows).
 MEASURED_ROWS = 512
+# In a decoding step, rows whose keys end this many positions apart are attended in
+# separate calls, each reading only its own keys (see one_query_sdpa).
+SHORT_ROW_KEYS = 256
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,7 @@ def cpu_attention(
     if not unusual and query.shape[2] == 1:
         if kernels.one_query == "sdpa":
             mask = None if attention_mask is None else attention_mask[..., : key.shape[-2]]
-            return _sdpa(query, key, value, mask, scale, False).contiguous(), None
+            return one_query_sdpa(query, key, value, mask, scale).contiguous(), None
         whole_keys, whole_values = _whole_buffer(key), _whole_buffer(value)
         if whole_keys is not None and whole_values is not None:
             return decode_step_attention(query, whole_keys, whole_values, key.shape[-2], attention_mask, scale), None
@@ -173,6 +176,45 @@ def decode_step_attention(query, whole_keys, whole_values, length: int, attentio
         _apply_mask(scores[..., :length], attention_mask[..., :length])
     probs = scores.softmax(dim=-1).to(whole_values.dtype)
     return torch.matmul(probs, whole_values).transpose(1, 2).contiguous()
+
+
+def one_query_sdpa(query, key, value, mask, scale: float):
+    """torch's SDPA for one query token per row, each run of rows reading only the keys it uses.
+
+    In a decoding step rows hold pages of different lengths, and the step is bound by the
+    bytes it reads; one batched call would read every row up to the longest. So rows are
+    taken in runs (neighbours, so nothing is copied) whose keys end within SHORT_ROW_KEYS
+    of each other, one call per run over its own keys. The mask must be a boolean
+    [rows, 1, 1, keys]; anything else is one batched call.
+    """
+    import torch
+
+    rows, keys = query.shape[0], key.shape[-2]
+    if mask is None or mask.dtype != torch.bool or rows == 1 or tuple(mask.shape) != (rows, 1, 1, keys):
+        return _sdpa(query, key, value, mask, scale, False)
+    ends = (keys - mask[:, 0, 0, :].flip(-1).to(torch.uint8).argmax(-1)).tolist()
+    runs = _runs_of_similar_ends(ends)
+    if len(runs) == 1:
+        return _sdpa(query, key, value, mask, scale, False)
+    output = query.new_empty(rows, 1, query.shape[1], value.shape[-1])
+    for first, last, end in runs:
+        own = slice(first, last)
+        output[own] = _sdpa(query[own], key[own, :, :end], value[own, :, :end], mask[own, ..., :end], scale, False)
+    return output
+
+
+def _runs_of_similar_ends(ends: list[int]) -> list[tuple[int, int, int]]:
+    """(first row, last row + 1, longest end) of neighbouring rows whose ends differ by < SHORT_ROW_KEYS."""
+    runs = []
+    first, low, high = 0, ends[0], ends[0]
+    for row, end in enumerate(ends[1:], start=1):
+        if max(high, end) - min(low, end) >= SHORT_ROW_KEYS:
+            runs.append((first, row, high))
+            first, low, high = row, end, end
+        else:
+            low, high = min(low, end), max(high, end)
+    runs.append((first, len(ends), high))
+    return runs
 
 
 def many_query_attention(query, key, value, attention_mask, scale: float, causal: bool, kernel=None):
