@@ -41,6 +41,7 @@ KINDS = {
     "aten::linear": "weight products (linear)",
     "aten::addmm": "weight products (linear)",
     "aten::mm": "weight products (linear)",
+    "mkldnn::_linear_pointwise": "weight products (linear)",  # kosmos25's packed decoder weights
     "aten::matmul": "attention (kosmos25's products + softmax)",
     "aten::bmm": "attention (kosmos25's products + softmax)",
     "aten::softmax": "attention (kosmos25's products + softmax)",
@@ -87,7 +88,11 @@ def timed(function, repeats: int = 3) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def counted_flops(function) -> dict[str, int]:
+def _is_packed(module) -> bool:
+    return isinstance(getattr(module, "weight", None), torch.Tensor) and module.weight.is_mkldnn
+
+
+def counted_flops(function, model) -> dict[str, int]:
     """FLOPs of one call of `function`: "weights" (mm/addmm) and "attention".
 
     Weight products are counted by torch's FLOP counter; attention as 4 x heads x
@@ -105,6 +110,13 @@ def counted_flops(function) -> dict[str, int]:
         attention += 4 * batch * heads * queries * key.shape[2] * dim // (2 if causal else 1)
         return original(query, key, value, mask, scale, causal, kernel)
 
+    packed = 0  # the counter has no formula for packed decoder weights' oneDNN products
+
+    def count_packed(module, args, output):
+        nonlocal packed
+        packed += 2 * output.numel() * module.in_features
+
+    hooks = [m.register_forward_hook(count_packed) for m in model.modules() if _is_packed(m)]
     counter = FlopCounterMode(display=False)
     cpu_attention.many_query_attention = counting
     try:
@@ -112,9 +124,11 @@ def counted_flops(function) -> dict[str, int]:
             function()
     finally:
         cpu_attention.many_query_attention = original
+        for hook in hooks:
+            hook.remove()
     ops = counter.get_flop_counts()["Global"]
     weights = sum(count for op, count in ops.items() if str(op).split(".")[-1] in ("mm", "addmm"))
-    return {"weights": weights, "attention": attention}
+    return {"weights": weights + packed, "attention": attention}
 
 
 def time_by_kind(function, lm_head_columns: int | None = None) -> tuple[dict[str, float], float]:
@@ -131,7 +145,7 @@ def time_by_kind(function, lm_head_columns: int | None = None) -> tuple[dict[str
         wall = time.perf_counter() - started
     kinds: dict[str, float] = defaultdict(float)
     for event in prof.events():
-        if event.cpu_parent is not None or not event.name.startswith("aten::"):
+        if event.cpu_parent is not None or not event.name.startswith(("aten::", "mkldnn::")):
             continue
         kind = KINDS.get(event.name, "other element-wise")
         if lm_head_columns and kind.startswith("weight") and any(
@@ -172,7 +186,7 @@ def profile_prefill(runner, page, peak: float) -> None:
 
     real_patches = int((page.flattened_patches[:, 0] > 0).sum())  # row and column ids start at 1
     print(f"\nvision encoder, 1 page ({real_patches} real patches of {patches.shape[1]}):", flush=True)
-    vision_flops = counted_flops(vision)
+    vision_flops = counted_flops(vision, runner.model)
     vision_seconds = timed(vision, repeats=2)
     total_vision = sum(vision_flops.values())
     print(f"  {vision_seconds:.2f} s, {total_vision / 1e12:.2f} TFLOP ({vision_flops['attention'] / 1e12:.2f} in attention) "
@@ -182,7 +196,7 @@ def profile_prefill(runner, page, peak: float) -> None:
     print_kinds(kinds, wall, vision_flops, peak)
 
     print("\nprefill (image projection + 2052-token prompt), 1 page:", flush=True)
-    whole_flops = counted_flops(whole_prefill)
+    whole_flops = counted_flops(whole_prefill, runner.model)
     prefill_flops = {kind: count - vision_flops[kind] for kind, count in whole_flops.items()}
     total_prefill = sum(prefill_flops.values())
     with VisionLeftOut(runner.model) as vision_part:
@@ -254,6 +268,8 @@ def decode_step_bytes(runner, slots: int, capacity: int) -> tuple[int, int]:
     """Bytes a decoding step must read: (decoder weights incl. lm_head, key/value cache buffers)."""
     text = runner.model.text_model
     weights = sum(p.numel() * p.element_size() for p in text.parameters())  # shared (tied) tensors once
+    # Packed weights (speedups.pack_linear_weights) are not parameters.
+    weights += sum(m.weight.numel() * m.weight.element_size() for m in text.modules() if _is_packed(m))
     embed = text.model.embed_tokens.weight
     if text.lm_head.weight.data_ptr() != embed.data_ptr():  # untied: the lookup reads only a few rows
         weights -= embed.numel() * embed.element_size()

@@ -158,3 +158,69 @@ def test_growing_cache_gives_the_same_tokens_as_dynamic_cache(random_model):
         growing = runner.model.generate(**inputs, **settings, **{cache_keyword(): cache})
     assert torch.equal(dynamic, growing)
     assert cache.get_seq_length() == dynamic.shape[1] - 1  # the last token is never fed back
+
+
+def _runner_without_packing(monkeypatch, settings):
+    from kosmos_cli.model import runner as runner_module
+
+    with monkeypatch.context() as patched:
+        patched.setattr(runner_module, "pack_linear_weights", lambda model, decoder=True: 0)
+        return ModelRunner(settings)
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU's oneDNN has no bf16 kernels")
+def test_weights_are_packed_in_bf16_and_give_the_same_products(random_model, monkeypatch):
+    from kosmos_cli.model.speedups import pack_linear_weights
+
+    settings = RunnerSettings(model=str(random_model), device="cpu", dtype="bfloat16")
+    packed, plain = ModelRunner(settings), _runner_without_packing(monkeypatch, settings)
+    config = packed.model.config
+    for part in (packed.model.text_model.model.layers, packed.model.vision_model.encoder):
+        assert not any(type(m) is torch.nn.Linear for m in part.modules())
+    # q, k, v, out, fc1, fc2 per decoder layer; query, key, value, output, wi_0, wi_1, wo per vision layer
+    expected = 6 * config.text_config.layers + 7 * config.vision_config.num_hidden_layers
+    assert pack_linear_weights(plain.model) == expected
+    # The plain matrices are gone (no second copy); the tied vocabulary projection is left as it was.
+    for part in (packed.model.text_model.model.layers, packed.model.vision_model.encoder):
+        assert [p.dim() for p in part.parameters()] == [1] * len(list(part.parameters()))  # norms and biases
+    assert packed.model.text_model.lm_head.weight is packed.model.text_model.model.embed_tokens.weight
+
+    reference = _runner_without_packing(monkeypatch, settings)
+    hidden = torch.randn(3, 5, config.text_config.embed_dim, dtype=torch.bfloat16)
+    for rows in (hidden[:1, :1], hidden[:, :1], hidden):  # a decoding step's rows and a prompt's
+        ours = plain.model.text_model.model.layers[0].ffn(rows)
+        theirs = reference.model.text_model.model.layers[0].ffn(rows)
+        torch.testing.assert_close(ours, theirs, rtol=1.6e-2, atol=1e-2)  # bf16 rounding
+    inputs = plain.processor(text=["<ocr>"] * 2, images=_images(), max_patches=plain.max_patches, return_tensors="pt")
+    with torch.inference_mode():
+        patches = inputs["flattened_patches"].to(torch.bfloat16)
+        ours = plain.model.vision_model(flattened_patches=patches).last_hidden_state
+        theirs = reference.model.vision_model(flattened_patches=patches).last_hidden_state
+    torch.testing.assert_close(ours, theirs, rtol=1.6e-2, atol=2e-2)
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU's oneDNN has no bf16 kernels")
+def test_bf16_tokens_with_packed_decoder_weights_match_plain_ones(trained_model, monkeypatch):
+    settings = RunnerSettings(model=str(trained_model), device="cpu", dtype="bfloat16")
+    outputs = {}
+    for way, runner in (("packed", ModelRunner(settings)), ("plain", _runner_without_packing(monkeypatch, settings))):
+        pages = [runner.prepare(image) for image in _images()]
+        streamed = {s.key: s.output for s in runner.decode_stream(enumerate(pages), "ocr", slots=2)}
+        outputs[way, "continuous"] = [(streamed[k].text, streamed[k].truncated, streamed[k].looping) for k in range(2)]
+        outputs[way, "static"] = [(o.text, o.truncated, o.looping) for o in runner.generate_prepared(pages, "ocr")]
+    assert outputs["packed", "continuous"] == outputs["plain", "continuous"] == outputs["packed", "static"]
+    assert outputs["packed", "static"] == outputs["plain", "static"]
+    assert all(text for text, _, _ in outputs["packed", "continuous"])
+
+
+def test_no_packing_in_float32(random_model):
+    runner = ModelRunner(RunnerSettings(model=str(random_model), device="cpu", dtype="float32"))
+    assert any(type(m) is torch.nn.Linear for m in runner.model.text_model.model.layers.modules())
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU's oneDNN has no bf16 kernels")
+def test_compiled_decoding_keeps_the_decoder_weights_plain(random_model):
+    # inductor cannot lower products of packed matrices: --compile packs the vision encoder only.
+    runner = ModelRunner(RunnerSettings(model=str(random_model), device="cpu", dtype="bfloat16", compile=True))
+    assert any(type(m) is torch.nn.Linear for m in runner.model.text_model.model.layers.modules())
+    assert not any(type(m) is torch.nn.Linear for m in runner.model.vision_model.encoder.modules())

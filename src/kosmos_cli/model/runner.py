@@ -21,6 +21,7 @@ from .speedups import (
     enable_vision_attention_kernel,
     fuse_vision_elementwise,
     growing_cache,
+    pack_linear_weights,
     vision_attention_lookup_is_broken,
 )
 
@@ -108,6 +109,7 @@ class ModelRunner:
         )
         if settings.attn != "eager":
             fuse_vision_elementwise(self.model)
+            pack_linear_weights(self.model, decoder=not settings.compile)
         self.eos_token_id = self.processor.tokenizer.eos_token_id
         self.box_token_id = self.processor.tokenizer.convert_tokens_to_ids(BOX_TOKEN)
         self._prompts: dict[str, dict] = {}

@@ -10,8 +10,9 @@ Giving the registry an attribute of the requested name makes the existing lookup
 find the same function the decoder gets. The fix switches itself off once upstream
 looks kernels up correctly.
 
-The decoder's key/value cache and the vision encoder's element-wise steps are the
-other two slow paths; see `growing_cache` and `fuse_vision_elementwise`.
+The decoder's key/value cache, the vision encoder's element-wise steps and the decoder's
+weight products on CPU are the other slow paths; see `growing_cache`,
+`fuse_vision_elementwise` and `pack_linear_weights`.
 """
 
 from __future__ import annotations
@@ -130,3 +131,53 @@ def fuse_vision_elementwise(model) -> int:
                 setattr(parent, name, GELUTanh())
                 swapped += 1
     return swapped
+
+
+def pack_linear_weights(model, decoder: bool = True) -> int:
+    """Keep the decoder's and the vision encoder's weight matrices in oneDNN's blocked layout
+    (CPU, bf16); returns how many.
+
+    A decoding step multiplies a few rows (one per busy slot) by every weight matrix, so it
+    is bound by reading the weights. Given `nn.Linear`'s plain layout, oneDNN reads them at
+    about 14 GB/s on this project's 2-core machine; pre-packed once into its own layout, at
+    about 20 GB/s (24 decoder layers at 8 rows: 71 against 100 ms per step). The vision
+    encoder's products (4096 rows) gain less, about 7% of the encoder's time. The same
+    oneDNN kernels compute the products, so results are equal to rounding.
+
+    The vocabulary projection is left plain: it shares its matrix with the token
+    embedding, and packing it would hold a second copy. Packing replaces each plain
+    matrix, so memory stays the same. Does nothing (returns 0) unless the model is bf16
+    on a CPU whose oneDNN build has bf16 kernels. `decoder=False` leaves the decoder
+    plain, for `torch.compile`, whose inductor cannot lower products of packed matrices.
+    """
+    import torch
+
+    first = next(model.text_model.model.layers.parameters())
+    if first.device.type != "cpu" or first.dtype != torch.bfloat16:
+        return 0
+    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        return 0
+
+    class PackedLinear(torch.nn.Module):
+        """`nn.Linear` for inference with its weight in oneDNN's layout (no gradients)."""
+
+        def __init__(self, linear: torch.nn.Linear, rows: int) -> None:
+            super().__init__()
+            self.in_features, self.out_features = linear.in_features, linear.out_features
+            # `weight`: transformers' vision MLP reads its dtype to cast its input.
+            self.weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), rows)
+            self.bias = None if linear.bias is None else linear.bias.detach()
+
+        def forward(self, hidden_states):
+            return torch.ops.mkldnn._linear_pointwise(hidden_states, self.weight, self.bias, "none", [], "")
+
+    packed = 0
+    # The layout is chosen for the rows a product usually has: a decoding step's few, a page's patches.
+    parts = [(model.text_model.model.layers, 8)] if decoder else []
+    for part, rows in (*parts, (model.vision_model.encoder, 4096)):
+        for parent in list(part.modules()):
+            for name, child in list(parent.named_children()):
+                if type(child) is torch.nn.Linear:
+                    setattr(parent, name, PackedLinear(child, rows))
+                    packed += 1
+    return packed
