@@ -3,6 +3,8 @@ element-wise steps, and gives the same result as transformers' own code."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from PIL import Image
@@ -224,3 +226,29 @@ def test_compiled_decoding_keeps_the_decoder_weights_plain(random_model):
     runner = ModelRunner(RunnerSettings(model=str(random_model), device="cpu", dtype="bfloat16", compile=True))
     assert any(type(m) is torch.nn.Linear for m in runner.model.text_model.model.layers.modules())
     assert not any(type(m) is torch.nn.Linear for m in runner.model.vision_model.encoder.modules())
+
+
+def _resident_file_kib() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    raise AssertionError("no RssFile in /proc/self/status")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise and /proc are Linux's")
+def test_released_pages_of_a_mapped_tensor_leave_memory_and_read_back_from_the_file(tmp_path):
+    from kosmos_cli.model.speedups import release_mapped_pages
+
+    values = torch.arange(16 * 2**20, dtype=torch.float32)  # 64 MiB
+    path = tmp_path / "weights.bin"
+    values.numpy().tofile(path)
+    mapped = torch.from_file(str(path), shared=False, size=values.numel(), dtype=torch.float32)
+    assert torch.equal(mapped, values)  # every page read: resident
+    before = _resident_file_kib()
+    assert release_mapped_pages(mapped)
+    assert before - _resident_file_kib() > 60 * 1024
+    assert torch.equal(mapped, values)  # read again, from the file
+
+    anonymous = values.clone()
+    assert not release_mapped_pages(anonymous)  # never anonymous memory
+    assert torch.equal(anonymous, values)

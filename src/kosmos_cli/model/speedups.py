@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import inspect
 import re
+import sys
+from pathlib import Path
 
 _BROKEN_LOOKUP = re.compile(r"getattr\(\s*ALL_ATTENTION_FUNCTIONS\s*,")
 
@@ -146,7 +148,8 @@ def pack_linear_weights(model, decoder: bool = True) -> int:
 
     The vocabulary projection is left plain: it shares its matrix with the token
     embedding, and packing it would hold a second copy. Packing replaces each plain
-    matrix, so memory stays the same. Does nothing (returns 0) unless the model is bf16
+    matrix, and the plain one's pages are handed back (see `release_mapped_pages`), so
+    memory stays the same. Does nothing (returns 0) unless the model is bf16
     on a CPU whose oneDNN build has bf16 kernels. `decoder=False` leaves the decoder
     plain, for `torch.compile`, whose inductor cannot lower products of packed matrices.
     """
@@ -179,5 +182,50 @@ def pack_linear_weights(model, decoder: bool = True) -> int:
             for name, child in list(parent.named_children()):
                 if type(child) is torch.nn.Linear:
                     setattr(parent, name, PackedLinear(child, rows))
+                    release_mapped_pages(child.weight)
                     packed += 1
     return packed
+
+
+def release_mapped_pages(tensor) -> bool:
+    """Hand back to the system the memory pages of a tensor that is no longer used, when they
+    belong to a memory-mapped checkpoint file; returns whether it did.
+
+    transformers maps a checkpoint stored in the dtype it is loaded in (bf16 here) and
+    keeps the whole file mapped while any of its tensors lives. Pages read once, as the
+    packing reads each plain matrix, then stay counted in the process's memory (2.4 GB
+    for the full-size model) although nothing reads them again. `madvise(MADV_DONTNEED)`
+    drops them from the process; were they read again, they would be read from the file
+    anew. Only whole pages inside a file mapping are released, never anonymous memory.
+    Linux only; elsewhere, or when anything is amiss, nothing is done.
+    """
+    import ctypes
+    import mmap
+
+    if not sys.platform.startswith("linux") or not tensor.is_contiguous():
+        return False
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    if not _inside_file_mapping(start, end):
+        return False
+    page = mmap.PAGESIZE
+    first, last = -(-start // page) * page, end // page * page
+    if last <= first:
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    return libc.madvise(first, last - first, mmap.MADV_DONTNEED) == 0
+
+
+def _inside_file_mapping(start: int, end: int) -> bool:
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        low, high = (int(value, 16) for value in fields[0].split("-"))
+        if low <= start and end <= high:
+            # A file mapping names its file (a path); anonymous memory names nothing or [heap], [stack].
+            return len(fields) == 6 and fields[5].startswith("/") and fields[4] != "0"
+    return False
