@@ -143,7 +143,7 @@ def pack_linear_weights(model, decoder: bool = True) -> int:
     is bound by reading the weights. Given `nn.Linear`'s plain layout, oneDNN reads them at
     about 14 GB/s on this project's 2-core machine; pre-packed once into its own layout, at
     about 20 GB/s (24 decoder layers at 8 rows: 71 against 100 ms per step). The vision
-    encoder's products (4096 rows) gain less, about 7% of the encoder's time. The same
+    encoder's products (4096 rows) gain less, 4-7% of the encoder's time. The same
     oneDNN kernels compute the products, so results are equal to rounding.
 
     The vocabulary projection is left plain: it shares its matrix with the token
@@ -196,7 +196,8 @@ def release_mapped_pages(tensor) -> bool:
     packing reads each plain matrix, then stay counted in the process's memory (2.4 GB
     for the full-size model) although nothing reads them again. `madvise(MADV_DONTNEED)`
     drops them from the process; were they read again, they would be read from the file
-    anew. Only whole pages inside a file mapping are released, never anonymous memory.
+    anew (changes made in memory lost), so call it only on tensors nothing uses any more.
+    Only whole pages inside a file mapping are released, never anonymous memory.
     Linux only; elsewhere, or when anything is amiss, nothing is done.
     """
     import ctypes
