@@ -175,6 +175,7 @@ def pack_linear_weights(model, decoder: bool = True) -> int:
             return torch.ops.mkldnn._linear_pointwise(hidden_states, self.weight, self.bias, "none", [], "")
 
     packed = 0
+    mappings = file_mappings()  # read once: packing adds no file mappings
     # The layout is chosen for the rows a product usually has: a decoding step's few, a page's patches.
     parts = [(model.text_model.model.layers, 8)] if decoder else []
     for part, rows in (*parts, (model.vision_model.encoder, 4096)):
@@ -182,12 +183,12 @@ def pack_linear_weights(model, decoder: bool = True) -> int:
             for name, child in list(parent.named_children()):
                 if type(child) is torch.nn.Linear:
                     setattr(parent, name, PackedLinear(child, rows))
-                    release_mapped_pages(child.weight)
+                    release_mapped_pages(child.weight, mappings)
                     packed += 1
     return packed
 
 
-def release_mapped_pages(tensor) -> bool:
+def release_mapped_pages(tensor, mappings: list[tuple[int, int]] | None = None) -> bool:
     """Hand back to the system the memory pages of a tensor that is no longer used, when they
     belong to a memory-mapped checkpoint file; returns whether it did.
 
@@ -198,6 +199,7 @@ def release_mapped_pages(tensor) -> bool:
     drops them from the process; were they read again, they would be read from the file
     anew (changes made in memory lost), so call it only on tensors nothing uses any more.
     Only whole pages inside a file mapping are released, never anonymous memory.
+    `mappings`: `file_mappings()`, when several tensors are released in a row.
     Linux only; elsewhere, or when anything is amiss, nothing is done.
     """
     import ctypes
@@ -207,7 +209,9 @@ def release_mapped_pages(tensor) -> bool:
         return False
     start = tensor.data_ptr()
     end = start + tensor.numel() * tensor.element_size()
-    if not _inside_file_mapping(start, end):
+    if mappings is None:
+        mappings = file_mappings()
+    if not any(low <= start and end <= high for low, high in mappings):
         return False
     page = mmap.PAGESIZE
     first, last = -(-start // page) * page, end // page * page
@@ -218,15 +222,17 @@ def release_mapped_pages(tensor) -> bool:
     return libc.madvise(first, last - first, mmap.MADV_DONTNEED) == 0
 
 
-def _inside_file_mapping(start: int, end: int) -> bool:
+def file_mappings() -> list[tuple[int, int]]:
+    """The address ranges [low, high) of this process's memory that map files (Linux)."""
     try:
         lines = Path("/proc/self/maps").read_text().splitlines()
     except OSError:
-        return False
+        return []
+    ranges = []
     for line in lines:
         fields = line.split(maxsplit=5)
-        low, high = (int(value, 16) for value in fields[0].split("-"))
-        if low <= start and end <= high:
-            # A file mapping names its file (a path); anonymous memory names nothing or [heap], [stack].
-            return len(fields) == 6 and fields[5].startswith("/") and fields[4] != "0"
-    return False
+        # A file mapping names its file (a path) and its inode; anonymous memory names nothing or [heap], [stack].
+        if len(fields) == 6 and fields[5].startswith("/") and fields[4] != "0":
+            low, high = (int(value, 16) for value in fields[0].split("-"))
+            ranges.append((low, high))
+    return ranges
