@@ -276,7 +276,8 @@ def run_kosmos25(checkpoint: Path, page_files: list[Path], out_dir: Path, args) 
     info = {"batch_size": batch_size, "dtype": str(runner.dtype).replace("torch.", ""),
             "fast_vision": runner.fast_vision_attention, "attention": runner.attention,
             "batching": "continuous" if stream is not None else "static",
-            "cpu_kernels": runner.cpu_kernels.describe() if runner.cpu_kernels else "-"}  # fmt: skip
+            "cpu_kernels": (runner.cpu_kernels.describe() if runner.cpu_kernels else "-")
+            + (", products of many rows in float32" if runner.float32_products else "")}  # fmt: skip
     del runner, pipeline
     release_memory()
     return {"load": load, "total": total, "times": timer.times, "tokens": tokens, "peak": memory.peak,

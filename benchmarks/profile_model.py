@@ -114,7 +114,9 @@ def counted_flops(function, model) -> dict[str, int]:
 
     def count_packed(module, args, output):
         nonlocal packed
-        packed += 2 * output.numel() * module.in_features
+        widened = module.float32_from is not None and args[0].numel() >= module.float32_from * module.in_features
+        if not widened:  # a float32 product is an aten product, which the counter counts itself
+            packed += 2 * output.numel() * module.in_features
 
     hooks = [m.register_forward_hook(count_packed) for m in model.modules() if _is_packed(m)]
     counter = FlopCounterMode(display=False)
@@ -169,7 +171,7 @@ def print_kinds(kinds: dict[str, float], wall: float, flops: dict[str, int] | No
 
 def profile_prefill(runner, page, peak: float) -> None:
     """Vision encoder, then image projection + prompt, for one page."""
-    from kosmos_cli.model.decode_loop import ContinuousDecoder, _SlotCache
+    from kosmos_cli.model.decode_loop import ContinuousDecoder
 
     patches = page.flattened_patches[None].to(runner.dtype)
 
@@ -182,7 +184,7 @@ def profile_prefill(runner, page, peak: float) -> None:
 
     def whole_prefill():
         with torch.inference_mode():
-            decoder._prefill(_SlotCache(), [("page", page)], 0, None)
+            decoder._prefill(decoder.new_cache(), [("page", page)], 0, None)
 
     real_patches = int((page.flattened_patches[:, 0] > 0).sum())  # row and column ids start at 1
     print(f"\nvision encoder, 1 page ({real_patches} real patches of {patches.shape[1]}):", flush=True)
@@ -251,13 +253,13 @@ class VisionLeftOut:
 
 def busy_decoder(runner, slots: int, generated: int = 150):
     """A decoder with every slot holding a page `generated` tokens in (random cache contents)."""
-    from kosmos_cli.model.decode_loop import ContinuousDecoder, _Row, _SlotCache
+    from kosmos_cli.model.decode_loop import ContinuousDecoder, _Row
 
     decoder = ContinuousDecoder(runner.model, runner._prompt("ocr"), runner.eos_token_id, 4096, slots=slots,
                                 device=runner.device, dtype=runner.dtype)  # fmt: skip
-    cache = _SlotCache()
+    cache = decoder.new_cache()
     length = decoder.prompt_length + generated
-    decoder._reserve(cache, length + 1, 0)
+    cache.reserve(length + 1, 0)
     for buffer in (*cache.keys, *cache.values):
         buffer[:, :, :length].normal_()
     rows = [_Row(index, [5 + index], [0.0], length) for index in range(slots)]
@@ -287,7 +289,7 @@ def profile_decode(runner, slots: int, bandwidth: float, compile_step: bool, spl
             decoder._step(cache, rows, None)
 
     seconds = timed(step, repeats=5)
-    capacity = cache.keys[0].shape[2]
+    capacity = cache.capacity
     weights, kv = decode_step_bytes(runner, slots, capacity)
     floor = (weights + kv) / bandwidth
     print(f"\ndecoding step, {slots} slots busy (cache capacity {capacity} positions):", flush=True)
@@ -343,8 +345,11 @@ def main() -> None:
             profile_decode(runner, slots, bandwidth, args.compile, split=False)
         return  # the FLOP counter's module hooks trip over parameters that want grads
     print(f"kosmos25 runner: dtype {str(runner.dtype).replace('torch.', '')}, attention {runner.attention}, "
-          f"CPU kernels {runner.cpu_kernels.describe()}")  # fmt: skip
+          f"CPU kernels {runner.cpu_kernels.describe()}, products of many rows in "
+          f"{'float32' if runner.float32_products else 'the model dtype'}")  # fmt: skip
     peak, _rows = matmul.peak_flops(runner.dtype)
+    if runner.float32_products:  # this CPU's products of many rows run in float32: that is its peak
+        peak = max(peak, matmul.peak_flops(torch.float32)[0])
     copy = matmul.copy_bandwidth()
     weight_read = max(matmul.weight_read_bandwidth(rows, runner.dtype) for rows in (1, 4, 8))
     bandwidth = max(copy, weight_read)

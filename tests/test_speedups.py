@@ -166,7 +166,7 @@ def _runner_without_packing(monkeypatch, settings):
     from kosmos_cli.model import runner as runner_module
 
     with monkeypatch.context() as patched:
-        patched.setattr(runner_module, "pack_linear_weights", lambda model, decoder=True: 0)
+        patched.setattr(runner_module, "pack_linear_weights", lambda model, **options: 0)
         return ModelRunner(settings)
 
 
@@ -177,10 +177,12 @@ def test_weights_are_packed_in_bf16_and_give_the_same_products(random_model, mon
     settings = RunnerSettings(model=str(random_model), device="cpu", dtype="bfloat16")
     packed, plain = ModelRunner(settings), _runner_without_packing(monkeypatch, settings)
     config = packed.model.config
-    for part in (packed.model.text_model.model.layers, packed.model.vision_model.encoder):
+    parts = (packed.model.text_model.model.layers, packed.model.vision_model.encoder, packed.model.image_to_text_projection)
+    for part in parts:
         assert not any(type(m) is torch.nn.Linear for m in part.modules())
-    # q, k, v, out, fc1, fc2 per decoder layer; query, key, value, output, wi_0, wi_1, wo per vision layer
-    expected = 6 * config.text_config.layers + 7 * config.vision_config.num_hidden_layers
+    # q, k, v, out, fc1, fc2 per decoder layer; query, key, value, output, wi_0, wi_1, wo per vision
+    # layer; the image projection's dense, q, k, v, out
+    expected = 6 * config.text_config.layers + 7 * config.vision_config.num_hidden_layers + 5
     assert pack_linear_weights(plain.model) == expected
     # The plain matrices are gone (no second copy); the tied vocabulary projection is left as it was.
     for part in (packed.model.text_model.model.layers, packed.model.vision_model.encoder):
@@ -213,6 +215,65 @@ def test_bf16_tokens_with_packed_decoder_weights_match_plain_ones(trained_model,
     assert outputs["packed", "continuous"] == outputs["plain", "continuous"] == outputs["packed", "static"]
     assert outputs["packed", "static"] == outputs["plain", "static"]
     assert all(text for text, _, _ in outputs["packed", "continuous"])
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU's oneDNN has no bf16 kernels")
+def test_products_of_many_rows_in_float32_and_a_decoding_steps_rows_packed(random_model, monkeypatch):
+    from kosmos_cli.model import speedups
+    from kosmos_cli.model.speedups import pack_linear_weights
+
+    settings = RunnerSettings(model=str(random_model), device="cpu", dtype="bfloat16")
+    widened, reference = _runner_without_packing(monkeypatch, settings), _runner_without_packing(monkeypatch, settings)
+    pack_linear_weights(widened.model, float32_from=4)
+    packed = ModelRunner(settings)  # packed, products in bf16 (this machine's choice is not asserted here)
+    packed_fc1 = packed.model.text_model.model.layers[0].ffn.fc1
+    packed_fc1.float32_from = None
+    ours, plain = widened.model.text_model.model.layers[0].ffn.fc1, reference.model.text_model.model.layers[0].ffn.fc1
+    calls = {"float32": 0}
+    monkeypatch.setattr(speedups, "_float32_product", _counting(calls, "float32", speedups._float32_product))
+    rows = torch.randn(2, 3, plain.in_features, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        # 6 rows >= 4: widened; the float32 product of the same bf16 numbers, rounded once to bf16.
+        expected = torch.nn.functional.linear(rows.float(), plain.weight.float(), plain.bias.float())
+        widened_rows = ours(rows)
+        assert calls["float32"] == 1 and widened_rows.dtype == torch.bfloat16
+        torch.testing.assert_close(widened_rows, expected.to(torch.bfloat16), rtol=8e-3, atol=1e-5)
+        # 3 rows < 4: the packed bf16 product, exactly as without widening.
+        assert torch.equal(ours(rows[:1]), packed_fc1(rows[:1]))
+        assert calls["float32"] == 1
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU's oneDNN has no bf16 kernels")
+def test_runner_widens_products_of_many_rows_where_float32_is_faster(trained_model, monkeypatch):
+    from kosmos_cli.api import Reader
+    from kosmos_cli.model import runner as runner_module
+    from kosmos_cli.model.speedups import MANY_ROWS
+
+    settings = RunnerSettings(model=str(trained_model), device="cpu", dtype="bfloat16")
+    plain = _runner_without_packing(monkeypatch, settings)
+    monkeypatch.setattr(runner_module, "float32_products_faster", lambda threads: True)
+    widened = ModelRunner(settings)
+    assert widened.float32_products
+    for part in (widened.model.text_model.model.layers, widened.model.vision_model.encoder):
+        assert {getattr(m, "float32_from", None) for m in part.modules() if hasattr(m, "float32_from")} == {MANY_ROWS}
+    outputs = {}
+    for way, runner in (("widened", widened), ("plain", plain)):
+        pages = [runner.prepare(image) for image in _images()]
+        streamed = {s.key: s.output for s in runner.decode_stream(enumerate(pages), "ocr", slots=2)}
+        outputs[way] = [(streamed[k].text, streamed[k].truncated, streamed[k].looping) for k in range(2)]
+    assert outputs["widened"] == outputs["plain"]
+    assert all(text for text, _, _ in outputs["widened"])
+    described = Reader(str(trained_model), device="cpu", dtype="bfloat16").describe()
+    assert "products of many rows in float32" in described
+
+
+@pytest.mark.skipif("amx_bf16" not in open("/proc/cpuinfo").read() if sys.platform.startswith("linux") else True,
+                    reason="the answer is known only for CPUs with AMX")  # fmt: skip
+def test_float32_products_are_not_chosen_on_a_cpu_with_amx():
+    from kosmos_cli.model.speedups import float32_products_faster
+
+    # AMX multiplies bf16 about 7x as fast as float32 (this project's machine): never widened there.
+    assert float32_products_faster(torch.get_num_threads()) is False
 
 
 def test_no_packing_in_float32(random_model):

@@ -99,6 +99,8 @@ class Reader:
         attention = f"{runner.attention} attention"
         if runner.cpu_kernels is not None:
             attention += f" [{runner.cpu_kernels.describe()}]"
+        if runner.float32_products:
+            attention += ", products of many rows in float32 (faster on this CPU)"
         return f"model {self.settings.model} on {runner.device} ({dtype}, {attention}), {pages}"
 
     def ocr(self, source: Source, *, pages: str | Iterable[int] | None = None, dpi: int = 200,

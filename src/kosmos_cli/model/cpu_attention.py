@@ -109,16 +109,19 @@ def measure_cpu_kernels(
 
 def _fastest(candidates: dict) -> str:
     """The name of the candidate whose best of three timed calls (after a warm-up) is shortest."""
-    best = {}
-    for name, run in candidates.items():
-        run()
-        times = []
-        for _ in range(3):
-            started = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - started)
-        best[name] = min(times)
+    best = {name: best_seconds(run) for name, run in candidates.items()}
     return min(best, key=best.get)
+
+
+def best_seconds(run, repeats: int = 3) -> float:
+    """The shortest of `repeats` timed calls of `run`, after one warm-up call."""
+    run()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return min(times)
 
 
 def cpu_attention(

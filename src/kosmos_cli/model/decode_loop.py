@@ -36,6 +36,7 @@ from .compat import cache_keyword
 from .cpu_attention import CPU_ATTENTION
 from .repetition import find_loop
 from .runner import RawOutput, finish_row
+from .slot_cache import CACHE_ALIGN, SlotCache, round_up
 
 if TYPE_CHECKING:
     from .runner import PreparedPage
@@ -45,11 +46,6 @@ SUPPORTED_ATTENTION = ("sdpa", "eager", CPU_ATTENTION)
 # Same cadence as runner._stop_on_loop: `generate` checks for loops every 8 new tokens,
 # so a page is stopped at the same step in both.
 LOOP_CHECK_EVERY = 8
-# The cache grows (and shrinks) in blocks of this many positions: the CPU decode kernel
-# reads the whole buffer, so unused capacity costs time on every step.
-CACHE_BLOCK = 256
-# Capacities are multiples of this, so that masks over them suit the fused GPU kernels.
-CACHE_ALIGN = 64
 # Generation settings that would make `generate` change logits before its argmax; this
 # loop applies none of them, so a model configured with one is refused.
 _LOGITS_SETTINGS = (
@@ -107,45 +103,6 @@ class _Row:
     length: int  # positions in the cache; the last token is not in it yet
 
 
-class _SlotCache:
-    """The duck-typed cache the text layers call `update` on: writes into slot buffers.
-
-    Buffers are [slots, heads, capacity, dim] per layer. In a prefill the new keys go
-    to rows `rows`, positions 0..P-1, and attention runs on them as they are (causal).
-    In a decoding step each active row's key goes to its own position `lengths[row]`
-    and attention gets rows 0..n-1 of the buffers' first `width` positions plus a key
-    mask. On GPUs `width` is the whole capacity: the shapes then change only when the
-    capacity does, every CACHE_BLOCK steps, rather than at every step (kernels that plan
-    per shape, such as cuDNN's attention, would plan again each time). On CPU it is the
-    longest row's length: a step there is bound by the bytes it reads, and torch's
-    attention over the used positions alone was 1.3x (256 unused) to 1.9x (1,100 unused)
-    as fast (8 and 4 rows, bf16; `products`, kosmos25's other CPU kernel, reads the
-    whole buffer behind the view anyway).
-    """
-
-    def __init__(self) -> None:
-        self.keys: list = []
-        self.values: list = []
-        self.mode = "prefill"
-        self.rows = slice(0)  # the prefill's rows: a new group always goes right after the live rows
-        self.prompt_length = 0
-        self.active = 0
-        self.width = 0  # positions a decoding step's attention reads
-        self.positions = None  # [n] write position per active row (device)
-        self.row_index = None  # [n] arange (device)
-
-    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        """Store this step's keys/values for layer `layer_idx`; return what attention reads."""
-        keys, values = self.keys[layer_idx], self.values[layer_idx]
-        if self.mode == "prefill":
-            keys[self.rows, :, : self.prompt_length] = key_states
-            values[self.rows, :, : self.prompt_length] = value_states
-            return key_states, value_states
-        keys[self.row_index, :, self.positions] = key_states[:, :, 0]
-        values[self.row_index, :, self.positions] = value_states[:, :, 0]
-        return keys[: self.active, :, : self.width], values[: self.active, :, : self.width]
-
-
 class ContinuousDecoder:
     """Greedy decoding of a stream of pages over `slots` rows that are refilled as pages end.
 
@@ -154,7 +111,7 @@ class ContinuousDecoder:
     builds them); every page shares it. `max_prefill` caps how many pages are
     prefilled together (default: `slots`), which bounds the prefill's activations.
     Memory held: the slots' caches (at most [slots, heads, P + max_new_tokens, dim] per
-    layer, grown and shrunk in blocks of CACHE_BLOCK) plus one prefill group.
+    layer, grown and shrunk in blocks of `slot_cache.CACHE_BLOCK`) plus one prefill group.
     `compile_steps` runs the decoding steps' layers under `torch.compile` (see README, Speed).
     """
 
@@ -208,12 +165,12 @@ class ContinuousDecoder:
         if attention_mask is not None and not bool(attention_mask.bool().all()):
             raise ValueError("the prompt must not be padded")
         self.prompt_length = self.input_ids.shape[1]
-        self.capacity_limit = _round_up(self.prompt_length + self.max_new_tokens, CACHE_ALIGN)
+        self.capacity_limit = round_up(self.prompt_length + self.max_new_tokens, CACHE_ALIGN)
         self.padding_idx = self.transformer.embed_positions.padding_idx
         self.stats = LoopStats()
         self._extend_position_table(self.padding_idx + 1 + self.capacity_limit + 1)
         self._cache_keyword = cache_keyword()
-        self.read_used_width = self.device.type == "cpu"  # see _SlotCache
+        self.read_used_width = self.device.type == "cpu"  # see SlotCache
         self._step_layers = _compiled_layers() if compile_steps else _run_layers
 
     def _extend_position_table(self, needed: int) -> None:
@@ -240,7 +197,7 @@ class ContinuousDecoder:
         self.stats = LoopStats()
         source = iter(pages)
         rows: list[_Row] = []
-        cache = _SlotCache()
+        cache = self.new_cache()
         exhausted = False
         # Inference mode around each piece of work, never across a `yield`: it is thread state,
         # and the caller's code between two pages must not run in it.
@@ -277,12 +234,19 @@ class ContinuousDecoder:
                 self.stats.decode_seconds += time.perf_counter() - started
                 yield from finished
         finally:
-            cache.keys.clear()
-            cache.values.clear()
+            self.stats.peak_capacity = cache.peak_capacity
+            cache.clear()
+
+    def new_cache(self) -> SlotCache:
+        """Empty key/value buffers for this decoder's slots (allocated on first use)."""
+        config = self.model.config.text_config
+        heads = config.attention_heads
+        layers, head_dim = len(self.transformer.layers), config.embed_dim // heads
+        return SlotCache(self.slots, layers, heads, head_dim, self.capacity_limit, self.dtype, self.device)
 
     # -- the model's modules, called as Kosmos2_5TextTransformer.forward calls them --
 
-    def _prefill(self, cache: _SlotCache, group, first_row: int, logits_hook):
+    def _prefill(self, cache: SlotCache, group, first_row: int, logits_hook):
         """Vision encoder, image projection and prompt for a group of pages, into rows first_row.."""
         import torch
 
@@ -305,10 +269,7 @@ class ContinuousDecoder:
         hidden = embeds + positions
         del embeds, positions, image_embeds
 
-        self._reserve(cache, self.prompt_length, first_row)
-        cache.mode = "prefill"
-        cache.rows = slice(first_row, first_row + count)
-        cache.prompt_length = self.prompt_length
+        cache.start_prefill(slice(first_row, first_row + count), self.prompt_length)
         mask = None if self.attention != "eager" else self._causal_mask(self.prompt_length)
         hidden = _run_layers(transformer.layers, hidden, mask, {self._cache_keyword: cache})
         last = transformer.layer_norm(hidden[:, -1:])
@@ -316,15 +277,15 @@ class ContinuousDecoder:
         keys = [key for key, _page in group]
         return self._choose(logits, keys, [0] * count, logits_hook)
 
-    def _step(self, cache: _SlotCache, rows: list[_Row], logits_hook) -> None:
+    def _step(self, cache: SlotCache, rows: list[_Row], logits_hook) -> None:
         """One decoding step for every active row: one new token each."""
         import torch
 
         transformer = self.transformer
         count = len(rows)
         lengths = [row.length for row in rows]
-        self._reserve(cache, max(lengths) + 1, count)
-        width = max(lengths) + 1 if self.read_used_width else cache.keys[0].shape[2]
+        cache.reserve(max(lengths) + 1, count)
+        width = max(lengths) + 1 if self.read_used_width else cache.capacity
         input_ids = torch.tensor([[row.tokens[-1]] for row in rows], device=self.device)
         positions_now = torch.tensor(lengths, device=self.device)
         embeds = transformer.embed_tokens(input_ids) * transformer.embed_scale
@@ -337,11 +298,7 @@ class ContinuousDecoder:
         positions += transformer.segment_emb(zero_segment).to(positions.device)
         hidden = embeds + positions
 
-        cache.mode = "decode"
-        cache.active = count
-        cache.width = width
-        cache.positions = positions_now
-        cache.row_index = torch.arange(count, device=self.device)
+        cache.start_step(positions_now, width)
         mask = self._key_mask(positions_now, width)
         hidden = self._step_layers(self.transformer.layers, hidden, mask, {self._cache_keyword: cache})
         logits = self.model.text_model.lm_head(transformer.layer_norm(hidden))[:, -1]
@@ -391,7 +348,7 @@ class ContinuousDecoder:
 
     # -- slot bookkeeping --
 
-    def _retire(self, cache: _SlotCache, rows: list[_Row]) -> list[FinishedPage]:
+    def _retire(self, cache: SlotCache, rows: list[_Row]) -> list[FinishedPage]:
         """Take the rows that are done out of `rows`, free their slots and pack the others to the front."""
         done = [index for index, row in enumerate(rows) if self._finished(row)]
         if not done:
@@ -403,12 +360,10 @@ class ContinuousDecoder:
         holes = [index for index in done if index < len(keep)]
         movers = [index for index in keep if index >= len(keep)]
         for hole, mover in zip(holes, movers):
-            length = rows[mover].length
-            for buffer in (*cache.keys, *cache.values):
-                buffer[hole, :, :length] = buffer[mover, :, :length]
+            cache.move_row(mover, hole, rows[mover].length)
             rows[hole] = rows[mover]
         del rows[len(keep) :]
-        self._fit(cache, rows)
+        cache.fit(max((row.length + 1 for row in rows), default=self.prompt_length), len(rows))
         pages = []
         for row in finished:
             tokens, truncated, looping = finish_row(row.tokens, self.eos_token_id, self.stop_on_loops)
@@ -422,45 +377,6 @@ class ContinuousDecoder:
         if row.tokens[-1] == self.eos_token_id or count >= self.max_new_tokens:
             return True
         return self.stop_on_loops and count % LOOP_CHECK_EVERY == 0 and find_loop(row.tokens) is not None
-
-    def _reserve(self, cache: _SlotCache, width: int, rows_in_use: int) -> None:
-        """Make the buffers hold `width` positions (allocating them on first use)."""
-        if cache.keys and cache.keys[0].shape[2] >= width:
-            return
-        capacity = min(self.capacity_limit, _round_up(width + CACHE_BLOCK, CACHE_ALIGN))
-        self._reallocate(cache, capacity, rows_in_use)
-
-    def _fit(self, cache: _SlotCache, rows: list[_Row]) -> None:
-        """Give back capacity no live row needs any more (the longest page just ended)."""
-        if not cache.keys:
-            return
-        needed = max((row.length + 1 for row in rows), default=self.prompt_length)
-        if cache.keys[0].shape[2] - needed > 2 * CACHE_BLOCK:
-            capacity = min(self.capacity_limit, _round_up(needed + CACHE_BLOCK, CACHE_ALIGN))
-            self._reallocate(cache, capacity, len(rows))
-
-    def _reallocate(self, cache: _SlotCache, capacity: int, rows_in_use: int) -> None:
-        # Zeros, not garbage: the CPU decode kernel multiplies the whole buffer before masking.
-        if not cache.keys:
-            config = self.model.config.text_config
-            heads = config.attention_heads
-            shape = (self.slots, heads, capacity, config.embed_dim // heads)
-            for _layer in self.transformer.layers:
-                cache.keys.append(self._zeros(shape))
-                cache.values.append(self._zeros(shape))
-        else:
-            keep = min(capacity, cache.keys[0].shape[2])
-            for buffers in (cache.keys, cache.values):
-                for index, old in enumerate(buffers):
-                    new = self._zeros((old.shape[0], old.shape[1], capacity, old.shape[3]))
-                    new[:rows_in_use, :, :keep] = old[:rows_in_use, :, :keep]
-                    buffers[index] = new  # one layer at a time: the old buffer goes here
-        self.stats.peak_capacity = max(self.stats.peak_capacity, capacity)
-
-    def _zeros(self, shape):
-        import torch
-
-        return torch.zeros(shape, dtype=self.dtype, device=self.device)
 
 
 def _run_layers(layers, hidden, mask, cache_argument: dict):
@@ -480,10 +396,6 @@ def _compiled_layers():
     import torch
 
     return torch.compile(_run_layers, dynamic=True)
-
-
-def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
 
 
 def _additive(allowed, dtype):

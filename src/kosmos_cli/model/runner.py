@@ -18,7 +18,9 @@ from ..errors import GenerationFailed, UsageError
 from .loading import ATTENTION_KINDS, DEFAULT_MODEL, load_model, resolve_device, resolve_dtype
 from .repetition import find_loop, trim_loop
 from .speedups import (
+    MANY_ROWS,
     enable_vision_attention_kernel,
+    float32_products_faster,
     fuse_vision_elementwise,
     growing_cache,
     pack_linear_weights,
@@ -107,9 +109,13 @@ class ModelRunner:
         self.fast_vision_attention = settings.attn != "eager" and (
             enable_vision_attention_kernel(self.attention) or not vision_attention_lookup_is_broken()
         )
+        # Whether products of many rows run in float32 on this CPU (measured; see speedups).
+        self.float32_products = False
         if settings.attn != "eager":
             fuse_vision_elementwise(self.model)
-            pack_linear_weights(self.model, decoder=not settings.compile)
+            self.float32_products = self._float32_products_faster()
+            float32_from = MANY_ROWS if self.float32_products else None
+            pack_linear_weights(self.model, decoder=not settings.compile, float32_from=float32_from)
         self.eos_token_id = self.processor.tokenizer.eos_token_id
         self.box_token_id = self.processor.tokenizer.convert_tokens_to_ids(BOX_TOKEN)
         self._prompts: dict[str, dict] = {}
@@ -134,6 +140,13 @@ class ModelRunner:
         )
         register_cpu_attention(kernels)
         return kernels
+
+    def _float32_products_faster(self) -> bool:
+        import torch
+
+        if self.device != "cpu" or self.dtype != torch.bfloat16:
+            return False
+        return float32_products_faster(torch.get_num_threads())
 
     @property
     def supports_continuous_batching(self) -> bool:

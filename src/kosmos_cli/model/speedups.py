@@ -17,6 +17,7 @@ weight products on CPU are the other slow paths; see `growing_cache`,
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 import sys
@@ -135,9 +136,9 @@ def fuse_vision_elementwise(model) -> int:
     return swapped
 
 
-def pack_linear_weights(model, decoder: bool = True) -> int:
-    """Keep the decoder's and the vision encoder's weight matrices in oneDNN's blocked layout
-    (CPU, bf16); returns how many.
+def pack_linear_weights(model, decoder: bool = True, float32_from: int | None = None) -> int:
+    """Keep the weight matrices of the decoder, the vision encoder and the image projection in
+    oneDNN's blocked layout (CPU, bf16); returns how many.
 
     A decoding step multiplies a few rows (one per busy slot) by every weight matrix, so it
     is bound by reading the weights. Given `nn.Linear`'s plain layout, oneDNN reads them at
@@ -152,6 +153,11 @@ def pack_linear_weights(model, decoder: bool = True) -> int:
     memory stays the same. Does nothing (returns 0) unless the model is bf16
     on a CPU whose oneDNN build has bf16 kernels. `decoder=False` leaves the decoder
     plain, for `torch.compile`, whose inductor cannot lower products of packed matrices.
+
+    `float32_from`: products of at least this many rows (the vision encoder's, a prompt's)
+    widen the bf16 matrix and rows to float32 and round the result back to bf16, for CPUs
+    whose float32 products are faster than their bf16 ones (see `float32_products_faster`);
+    a decoding step's few rows still read the packed bf16 matrix.
     """
     import torch
 
@@ -170,15 +176,18 @@ def pack_linear_weights(model, decoder: bool = True) -> int:
             # `weight`: transformers' vision MLP reads its dtype to cast its input.
             self.weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), rows)
             self.bias = None if linear.bias is None else linear.bias.detach()
+            self.float32_from = float32_from
 
         def forward(self, hidden_states):
+            if self.float32_from is not None and hidden_states.numel() >= self.float32_from * self.in_features:
+                return _float32_product(hidden_states, self.weight, self.bias)
             return torch.ops.mkldnn._linear_pointwise(hidden_states, self.weight, self.bias, "none", [], "")
 
     packed = 0
     mappings = file_mappings()  # read once: packing adds no file mappings
     # The layout is chosen for the rows a product usually has: a decoding step's few, a page's patches.
     parts = [(model.text_model.model.layers, 8)] if decoder else []
-    for part, rows in (*parts, (model.vision_model.encoder, 4096)):
+    for part, rows in (*parts, (model.vision_model.encoder, 4096), (model.image_to_text_projection, 4096)):
         for parent in list(part.modules()):
             for name, child in list(parent.named_children()):
                 if type(child) is torch.nn.Linear:
@@ -186,6 +195,51 @@ def pack_linear_weights(model, decoder: bool = True) -> int:
                     release_mapped_pages(child.weight, mappings)
                     packed += 1
     return packed
+
+
+def _float32_product(rows, packed_weight, bias):
+    """rows @ weight^T + bias computed in float32 from bf16 inputs, rounded to the rows' dtype."""
+    import torch
+
+    weight = packed_weight.to_dense(torch.float32)  # a few ms: products of many rows take 100s
+    bias = None if bias is None else bias.float()
+    return torch.nn.functional.linear(rows.float(), weight, bias).to(rows.dtype)
+
+
+# Products of at least this many rows are bound by arithmetic, not by reading the matrix.
+MANY_ROWS = 64
+# The product timed by `float32_products_faster`: a prompt's rows through a decoder FFN matrix.
+_MEASURED_PRODUCT = (1024, 1536, 6144)  # rows, in, out
+# float32 must be this much faster to be chosen: near a tie, stay with the model's own dtype.
+_FLOAT32_MARGIN = 1.1
+
+
+@functools.lru_cache(maxsize=None)
+def float32_products_faster(threads: int) -> bool:
+    """Whether this CPU multiplies many bf16 rows by a bf16 matrix faster in float32 (measured).
+
+    With AMX, bf16 products run at about 7x float32's speed; on a CPU with `avx512_bf16`
+    but no AMX (emulated here with `ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`) oneDNN's bf16
+    products ran at 0.22 TFLOP/s and float32 ones, matrix widening included, at 0.33
+    (1.3-1.55x faster at KOSMOS-2.5's shapes). So both are timed once per process (about
+    0.3 s with AMX, 0.7 s without), packed as `pack_linear_weights` packs them.
+    `threads` is part of the cache key: it can change the answer.
+    """
+    import torch
+
+    from .cpu_attention import best_seconds
+
+    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        return False
+    rows, inputs, outputs = _MEASURED_PRODUCT
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(rows, inputs, generator=generator).to(torch.bfloat16)
+    weight = torch.randn(outputs, inputs, generator=generator).to(torch.bfloat16)
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+    with torch.inference_mode():
+        in_bf16 = best_seconds(lambda: torch.ops.mkldnn._linear_pointwise(hidden, packed, None, "none", [], ""))
+        in_float32 = best_seconds(lambda: _float32_product(hidden, packed, None))
+    return in_float32 * _FLOAT32_MARGIN < in_bf16
 
 
 def release_mapped_pages(tensor, mappings: list[tuple[int, int]] | None = None) -> bool:
