@@ -348,12 +348,14 @@ def main() -> None:
           f"CPU kernels {runner.cpu_kernels.describe()}, products of many rows in "
           f"{'float32' if runner.float32_products else 'the model dtype'}")  # fmt: skip
     peak, _rows = matmul.peak_flops(runner.dtype)
+    peak_kind = str(runner.dtype).replace("torch.", "")
     if runner.float32_products:  # this CPU's products of many rows run in float32: that is its peak
-        peak = max(peak, matmul.peak_flops(torch.float32)[0])
+        float32_peak = matmul.peak_flops(torch.float32)[0]
+        peak, peak_kind = max(peak, float32_peak), f"best of {peak_kind} and float32"
     copy = matmul.copy_bandwidth()
     weight_read = max(matmul.weight_read_bandwidth(rows, runner.dtype) for rows in (1, 4, 8))
     bandwidth = max(copy, weight_read)
-    print(f"yardsticks: matrix-product peak {peak / 1e12:.3f} TFLOP/s ({runner.dtype}); memory bandwidth "
+    print(f"yardsticks: matrix-product peak {peak / 1e12:.3f} TFLOP/s ({peak_kind}); memory bandwidth "
           f"{bandwidth / 1e9:.1f} GB/s (copy {copy / 1e9:.1f}, weights read by a few rows {weight_read / 1e9:.1f})")  # fmt: skip
     if not args.skip_prefill:
         page = runner.prepare(synthetic_pages(2)[1])
