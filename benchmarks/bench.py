@@ -620,7 +620,7 @@ def main() -> None:
     for row in rows:
         values = [row["name"]] + [f"{row[k]:.2f}" for k in list(row)[1:]]
         print("| " + " | ".join(values) + " |")
-    print(f"\nmodel load: " + ", ".join(f"{n} {r['load']:.1f} s" for n, r in
+    print("\nmodel load: " + ", ".join(f"{n} {r['load']:.1f} s" for n, r in
                                       (("reference", reference), ("kosmos25", ours)) if r))  # fmt: skip
     vision = ours["attention"] if ours["fast_vision"] else "eager"
     print(f"kosmos25 attention: {ours['attention']} (vision encoder: {vision}; CPU kernels: {ours['cpu_kernels']})")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 import numpy as np
 import pytest

@@ -19,7 +19,7 @@ from .model.runner import ModelRunner, RunnerSettings, auto_batch_size
 from .outputs.files import write_atomic_bytes
 from .outputs.formats import RenderOptions, format_for_path, output_format
 from .results import DocumentResult
-from .run.pipeline import Pipeline, PageObserver, Reporter, RunRequest, RunSummary, Sink
+from .run.pipeline import Pipeline, PageObserver, Reporter, RunRequest, Sink
 from .run.progress import PlainReporter
 
 if TYPE_CHECKING:

@@ -17,7 +17,8 @@ from ..outputs.drawing import PageDrawer
 from ..outputs.files import DirectorySink, StdoutSink, check_folder_writable
 from ..outputs.formats import RenderOptions, output_format
 from .pipeline import RunSummary
-from .distributed import RayOptions, WorkerSetup
+from .distributed import RayOptions
+from .ray_worker import WorkerSetup
 from .progress import PlainReporter
 
 
