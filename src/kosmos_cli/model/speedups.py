@@ -21,6 +21,7 @@ import functools
 import inspect
 import re
 import sys
+import time
 from pathlib import Path
 
 _BROKEN_LOOKUP = re.compile(r"getattr\(\s*ALL_ATTENTION_FUNCTIONS\s*,")
@@ -209,7 +210,9 @@ def _float32_product(rows, packed_weight, bias):
 # Products of at least this many rows are bound by arithmetic, not by reading the matrix.
 MANY_ROWS = 64
 # The product timed by `float32_products_faster`: a prompt's rows through a decoder FFN matrix.
-_MEASURED_PRODUCT = (1024, 1536, 6144)  # rows, in, out
+# As many rows as a prompt has: without AMX float32's lead grows with rows (bf16 over float32
+# time: 0.94 at 512 rows, 1.13 at 1024, 1.32 at 2048), so fewer rows would misjudge the products.
+_MEASURED_PRODUCT = (2048, 1536, 6144)  # rows, in, out
 # float32 must be this much faster to be chosen: near a tie, stay with the model's own dtype.
 _FLOAT32_MARGIN = 1.1
 
@@ -221,8 +224,9 @@ def float32_products_faster(threads: int) -> bool:
     With AMX, bf16 products run at about 7x float32's speed; on a CPU with `avx512_bf16`
     but no AMX (emulated here with `ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`) oneDNN's bf16
     products ran at 0.22 TFLOP/s and float32 ones, matrix widening included, at 0.33
-    (1.3-1.55x faster at KOSMOS-2.5's shapes). So both are timed once per process (about
-    0.3 s with AMX, 0.7 s without), packed as `pack_linear_weights` packs them.
+    (1.3-1.55x faster at KOSMOS-2.5's shapes). So both are timed once per process, best of
+    2 after a warm-up, packed as `pack_linear_weights` packs them; float32 is dropped after
+    one call when that alone takes twice bf16's time (0.25 s in all with AMX, 1.2 s without).
     `threads` is part of the cache key: it can change the answer.
     """
     import torch
@@ -237,8 +241,12 @@ def float32_products_faster(threads: int) -> bool:
     weight = torch.randn(outputs, inputs, generator=generator).to(torch.bfloat16)
     packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
     with torch.inference_mode():
-        in_bf16 = best_seconds(lambda: torch.ops.mkldnn._linear_pointwise(hidden, packed, None, "none", [], ""))
-        in_float32 = best_seconds(lambda: _float32_product(hidden, packed, None))
+        in_bf16 = best_seconds(lambda: torch.ops.mkldnn._linear_pointwise(hidden, packed, None, "none", [], ""), 2)
+        started = time.perf_counter()
+        _float32_product(hidden, packed, None)  # a first call: its time is an upper bound
+        if time.perf_counter() - started > 2 * in_bf16:  # far behind (with AMX about 6x): not worth timing again
+            return False
+        in_float32 = best_seconds(lambda: _float32_product(hidden, packed, None), 2)
     return in_float32 * _FLOAT32_MARGIN < in_bf16
 
 
