@@ -207,7 +207,10 @@ def _float32_product(rows, packed_weight, bias):
     return torch.nn.functional.linear(rows.float(), weight, bias).to(rows.dtype)
 
 
-# Products of at least this many rows are bound by arithmetic, not by reading the matrix.
+# Products of at least this many rows are bound by arithmetic, not by reading the matrix. It only
+# has to part a decoding step's rows (one per slot, at most 16) from a page's (a prompt's 2052, the
+# vision encoder's patches): nothing in between runs at the default --max-patches. Below about 700
+# rows float32's lead was gone (0.94x at 512), so --max-patches under that may widen at a small loss.
 MANY_ROWS = 64
 # The product timed by `float32_products_faster`: a prompt's rows through a decoder FFN matrix.
 # As many rows as a prompt has: without AMX float32's lead grows with rows (bf16 over float32
