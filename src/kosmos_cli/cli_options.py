@@ -105,7 +105,7 @@ AttnOption = Annotated[
 ]
 BatchSize = Annotated[
     Optional[int],
-    typer.Option(min=1, metavar="N", rich_help_panel=SPEED, help="Pages decoding together. Default: from free memory (at most 8 on CPU, 16 on CUDA)."),
+    typer.Option(min=1, metavar="N", rich_help_panel=SPEED, help="Pages decoding together. Default: from free memory (at most 12 on CPU, 16 on CUDA)."),
 ]
 MaxNewTokens = Annotated[
     int, typer.Option(min=1, metavar="N", rich_help_panel=SPEED, help="Most tokens per page; more is marked truncated.")

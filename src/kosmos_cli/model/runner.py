@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 TASK_PROMPTS = {"ocr": "<ocr>", "md": "<md>"}
 BOX_TOKEN = "<bbox>"
 # Slots (pages decoding together) at most on CPU and on CUDA; see auto_batch_size.
-CPU_BATCH_LIMIT = 8
+CPU_BATCH_LIMIT = 12
 CUDA_BATCH_LIMIT = 16
 
 
@@ -363,11 +363,12 @@ def auto_batch_size(runner: ModelRunner) -> int:
 
     Per page: the decoder's key/value cache for prompt + max_new_tokens, plus, with
     eager vision attention, its attention scores for one layer (its largest transient).
-    Capped at 8 on CPU, where a decoding step is bound by reading the weights and the
+    Capped at 12 on CPU, where a decoding step is bound by reading the weights and the
     cache from memory, so more busy slots share each read of the weights (measured,
     full-size model, bf16, 2 cores with AMX: 45.5 ms per token per page with 4 busy slots,
-    31.8 with 8; `make bench-ragged`-style run of 24 pages: 8 slots 1.20x as fast as 4,
-    peak memory 10.0 against 7.5 GB), and at 16 on GPUs.
+    31.8 with 8; runs of 24 ragged pages (`bench.py --ragged --pages 24`): 8 slots 1.20x
+    as fast as 4; later 12 slots 1.14x as fast as 8 and 16 no faster than 12 (peak RSS
+    8.1, 10.3, 12.4 GB)), and at 16 on GPUs.
     """
     import torch
 
