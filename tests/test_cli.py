@@ -241,14 +241,14 @@ def test_verbose_folds_library_warnings_into_one_line_each(monkeypatch):
 
     import transformers
 
-    from kosmos_cli import cli
+    from kosmos_cli.cli import common
     from kosmos_cli.run.progress import PlainReporter
 
     monkeypatch.delenv("TRANSFORMERS_VERBOSITY", raising=False)
     for verbose, expected in [(True, "kosmos25: library warning (transformers): FutureWarning: a library says\n"), (False, "")]:
         stream = io.StringIO()
         with warnings.catch_warnings():
-            cli._route_library_messages(verbose, PlainReporter(stream))
+            common.route_library_messages(verbose, PlainReporter(stream))
             warnings.warn_explicit("a library says\nsecond line", FutureWarning, transformers.__file__, 1)
         assert stream.getvalue() == expected
 

@@ -126,9 +126,10 @@ def test_readme_eval_options_match_help():
     from typer.main import get_command
 
     from kosmos_cli import cli
+    from kosmos_cli.cli import options
 
     command = get_command(cli.app).commands["eval"]
-    in_help = {opt for param in command.params if param.rich_help_panel == cli.EVAL for opt in param.opts}
+    in_help = {opt for param in command.params if param.rich_help_panel == options.EVAL for opt in param.opts}
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     section = readme[readme.index("## How good is it on my documents?") :]
     table = section[section.index("| option | default | meaning |") :].split("\n\n", 1)[0]
@@ -136,7 +137,7 @@ def test_readme_eval_options_match_help():
     assert in_readme == in_help
     # Every other option of eval is one of ocr's, with the same meaning.
     ocr = {opt for param in get_command(cli.app).commands["ocr"].params for opt in param.opts}
-    assert {opt for param in command.params if param.rich_help_panel != cli.EVAL for opt in param.opts} <= ocr
+    assert {opt for param in command.params if param.rich_help_panel != options.EVAL for opt in param.opts} <= ocr
 
 
 def test_unusable_report_name_is_a_usage_error(tmp_path):

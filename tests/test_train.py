@@ -14,7 +14,8 @@ from conftest import run_cli
 from kosmos_cli.evaluation.groundtruth import PageTruth
 from kosmos_cli.inputs.documents import Document, PageGeometry
 from kosmos_cli.training.examples import IGNORE, Example, collate, sequence_and_labels
-from kosmos_cli.training.loop import EarlyStopping, TrainPage, split_pages
+from kosmos_cli.training.loop import EarlyStopping
+from kosmos_cli.training.pages import TrainPage, split_pages
 
 NEW_ANSWER = [("HELLO 7", [18, 9, 200, 45])]
 
@@ -46,11 +47,11 @@ def test_loss_comes_from_target_positions_only(random_model):
     import torch
     from transformers import AutoProcessor, Kosmos2_5ForConditionalGeneration
 
-    from kosmos_cli.training.loop import _Examples
+    from kosmos_cli.training.pages import PageExamples
 
     processor = AutoProcessor.from_pretrained(random_model)
     model = Kosmos2_5ForConditionalGeneration.from_pretrained(random_model).eval()
-    examples = _Examples(processor, "ocr", __import__("kosmos_cli").inputs.documents.PageOptions(), 256)
+    examples = PageExamples(processor, "ocr", __import__("kosmos_cli").inputs.documents.PageOptions(), 256)
     target = tuple(processor.tokenizer("AB", add_special_tokens=False).input_ids) + (processor.tokenizer.eos_token_id,)
     patches = processor.image_processor(images=[Image.new("RGB", (64, 64), "white")], max_patches=256,
                                         return_tensors="pt")["flattened_patches"][0]  # fmt: skip
@@ -145,9 +146,10 @@ def test_readme_training_options_match_help():
     from typer.main import get_command
 
     from kosmos_cli import cli
+    from kosmos_cli.cli import options
 
     command = get_command(cli.app).commands["train"]
-    in_help = {opt for param in command.params if param.rich_help_panel == cli.TRAINING for opt in param.opts}
+    in_help = {opt for param in command.params if param.rich_help_panel == options.TRAINING for opt in param.opts}
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     section = readme[readme.index("## Teaching it my documents") :]
     table = section[section.index("| option | default | meaning |") :].split("\n\n", 1)[0]
@@ -201,12 +203,12 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, tra
 
 def test_resume_refuses_changed_settings(tmp_path):
     from kosmos_cli.errors import UsageError
-    from kosmos_cli.training.loop import _check_resumable
+    from kosmos_cli.training.state import check_resumable
 
     (tmp_path / "config.json").write_text(json.dumps({"lr": 1e-3, "epochs": 2, "max_steps": 2}))
-    _check_resumable(tmp_path, {"lr": 1e-3, "epochs": 2, "max_steps": 4})  # --max-steps may change
+    check_resumable(tmp_path, {"lr": 1e-3, "epochs": 2, "max_steps": 4})  # --max-steps may change
     with pytest.raises(UsageError, match="changes lr, epochs"):
-        _check_resumable(tmp_path, {"lr": 2e-3, "epochs": 3, "max_steps": 2})
+        check_resumable(tmp_path, {"lr": 2e-3, "epochs": 3, "max_steps": 2})
 
 
 @pytest.mark.cli

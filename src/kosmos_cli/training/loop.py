@@ -12,26 +12,24 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import re
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import OutputFailed, TrainingInterrupted, UsageError
-from ..evaluation.groundtruth import PageTruth
-from ..evaluation.run import Failure, gather_truth
-from ..evaluation.targets import TokenBudget, target_text
-from ..inputs.documents import Document, PageGeometry, PageOptions, collect_documents, iter_pages
+from ..errors import TrainingInterrupted, UsageError
+from ..evaluation.run import Failure
+from ..inputs.documents import PageOptions
 from ..model.runner import TASK_PROMPTS
 from ..outputs.files import check_folder_writable, write_atomic
 from ..run.progress import PlainReporter
-from .examples import Example, collate, target_ids
+from .examples import collate
 from .lora import with_lora
+from .pages import PageExamples, TrainPage, epoch_order, gather_pages, split_pages
 from .progress import TrainProgress
 from .schedule import default_warmup, make_scheduler
-from .state import checkpoint_folder, load_state, save_checkpoint
+from .state import append_metrics, check_resumable, checkpoint_folder, keep_metrics_until, load_state, save_checkpoint
 
 METHODS = ("lora", "full")
 DEFAULT_LR = {"lora": 2e-4, "full": 1e-5}
@@ -70,16 +68,6 @@ class TrainJob:
 
 
 @dataclass(frozen=True)
-class TrainPage:
-    """One page to learn: where it is and what the model should write for it."""
-
-    doc: Document
-    number: int
-    truth: PageTruth
-    geometry: PageGeometry
-
-
-@dataclass(frozen=True)
 class TrainSummary:
     """What a run did: steps taken, best validation loss, where it saved, pages left out."""
 
@@ -113,82 +101,6 @@ class EarlyStopping:
         return False, self.stale >= self.patience
 
 
-def split_pages(pages: list[TrainPage], val_split: float, seed: int) -> tuple[list[TrainPage], list[TrainPage]]:
-    """(training, validation) pages: a seeded shuffle, `val_split` of them (at least one when
-    asked for and there are two pages or more) held out."""
-    if not 0 <= val_split < 1:
-        raise UsageError(f"--val-split {val_split}: expected a fraction from 0 up to (not including) 1")
-    order = list(range(len(pages)))
-    random.Random(seed).shuffle(order)
-    held = 0 if val_split == 0 or len(pages) < 2 else max(1, round(len(pages) * val_split))
-    held_out = set(order[:held])
-    return [p for i, p in enumerate(pages) if i not in held_out], [p for i, p in enumerate(pages) if i in held_out]
-
-
-class _Examples:
-    """Pages -> Examples, rendered on demand (a large set is never all in memory)."""
-
-    def __init__(self, processor, task: str, page_options: PageOptions, max_patches: int) -> None:
-        from PIL import Image
-
-        self.processor = processor
-        self.page_options = page_options
-        self.max_patches = max_patches
-        probe = processor(text=[TASK_PROMPTS[task]], images=[Image.new("RGB", (16, 16))], max_patches=16,
-                          return_tensors="pt")  # fmt: skip
-        self.prompt_ids = tuple(probe["input_ids"][0].tolist())
-        self.image_mask = tuple(probe["image_embeds_position_mask"][0].tolist())
-
-    def make(self, page: TrainPage) -> Example:
-        options = replace(self.page_options, pages=frozenset({page.number}))
-        image = next(iter_pages(page.doc, options)).image
-        features = self.processor.image_processor(images=[image], max_patches=self.max_patches, return_tensors="pt")
-        geometry = replace(page.geometry, width=image.width, height=image.height)
-        text = target_text(page.truth, geometry, self.max_patches)
-        return Example(features["flattened_patches"][0], self.prompt_ids, self.image_mask,
-                       target_ids(self.processor.tokenizer, text))  # fmt: skip
-
-
-def _gather_pages(job: TrainJob, reporter: PlainReporter) -> tuple[list[TrainPage], list[Failure], Any, Any]:
-    from ..evaluation.run import EvalJob, check_lengths
-    from ..model.loading import load_processor
-    from ..model.runner import RunnerSettings
-
-    documents, missing = collect_documents(job.paths)
-    failures = [Failure(source, None, error.message) for source, error in missing]
-    for failure in failures:
-        reporter.error(failure.message)
-    eval_job = EvalJob(job.task, job.paths, RunnerSettings(model=job.model, revision=job.revision,
-                       max_patches=job.max_patches), job.page_options, job.truth_dir)  # fmt: skip
-    truths, bad = gather_truth(eval_job, documents, reporter)
-    failures += bad
-    processor, config = load_processor(job.model, job.revision)
-    budget = TokenBudget.for_model(config, max_new_tokens=10**9)  # training: only the position table limits
-    # check_lengths applies the budget of eval's max_new_tokens; give it the positions instead.
-    positions_job = replace(eval_job, runner=replace(eval_job.runner, max_new_tokens=budget.positions))
-    check_lengths(positions_job, documents, truths, loaded=(processor, config))
-    pages = []
-    for doc in documents:
-        truth = truths.get(id(doc))
-        if truth is None:
-            continue
-        for number, page in truth.pages.items():
-            if isinstance(page, PageTruth):
-                pages.append(TrainPage(doc, number, page, truth.geometry[number]))
-            else:
-                failures.append(Failure(doc.source, number, page.message))
-                reporter.error(page.message)
-    return pages, failures, processor, config
-
-
-def _log(path: Path, record: dict) -> None:
-    try:
-        with path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-    except OSError as exc:
-        raise OutputFailed(f"cannot write {path}: {exc.strerror or exc}") from None
-
-
 def _loss(model, batch: dict, device: str):
     return model(**{key: value.to(device) for key, value in batch.items()}).loss
 
@@ -201,7 +113,7 @@ def _plain(text: str) -> str:
     return _TAG.sub("", text).strip()
 
 
-def _validate(model, pages: list[TrainPage], examples: _Examples, pad_id: int, device: str, dtype,
+def _validate(model, pages: list[TrainPage], examples: PageExamples, pad_id: int, device: str, dtype,
               tokenizer) -> tuple[float, float | None]:  # fmt: skip
     """(mean loss per target token, CER of greedy reading) over the validation pages.
 
@@ -229,46 +141,6 @@ def _validate(model, pages: list[TrainPage], examples: _Examples, pad_id: int, d
             rate += cer(_plain(written.split(tokenizer.eos_token)[0]), _plain(truth.split(tokenizer.eos_token)[0]))
     model.train()
     return total / tokens, rate.value
-
-
-# Settings a resumed run must share with the run it continues (the rest may change, e.g. --max-steps).
-_RESUME_KEYS = ("task", "model", "method", "lr", "epochs", "batch_size", "grad_accum", "val_split", "seed",
-                "lora_rank", "lora_alpha", "lora_dropout", "lora_vision", "warmup_steps", "max_patches",
-                "pages_train", "pages_validation")  # fmt: skip
-
-
-def _check_resumable(run_dir: Path, settings: dict) -> None:
-    try:
-        saved = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"--resume {run_dir}: cannot read its config.json: {exc}") from None
-    changed = [key for key in _RESUME_KEYS if key in saved and saved[key] != settings.get(key)]
-    if changed:
-        raise UsageError(f"--resume {run_dir}: this command changes {', '.join(changed)} "
-                         f"(the run has {', '.join(f'{k}={saved[k]!r}' for k in changed)}); give the run's settings")  # fmt: skip
-
-
-def _keep_metrics_until(path: Path, step: int) -> None:
-    """Drop records past the resumed step (written after the last save of an interrupted run)."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-    except OSError as exc:
-        raise OutputFailed(f"cannot read {path}: {exc.strerror or exc}") from None
-    kept = []
-    for line in lines:
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                kept.append(line)
-        except ValueError:
-            continue  # a line cut short when the run was killed while writing it
-    write_atomic(path, "".join(f"{line}\n" for line in kept))
-
-
-def _epoch_order(pages: list[TrainPage], seed: int, epoch: int) -> list[TrainPage]:
-    """The epoch's page order, from the seed and the epoch alone (so a resumed run repeats it)."""
-    order = list(pages)
-    random.Random(f"{seed}:{epoch}").shuffle(order)
-    return order
 
 
 def _enable_checkpointing(model) -> bool:
@@ -319,7 +191,7 @@ def train(job: TrainJob, reporter: PlainReporter) -> TrainSummary:
         raise UsageError(f"--task {job.task}: expected ocr or md")
     check_folder_writable(job.run_dir)
     resume_from, state = load_state(job.run_dir) if job.resume else (None, None)
-    pages, failures, processor, _config = _gather_pages(job, reporter)
+    pages, failures, processor, _config = gather_pages(job, reporter)
     training, validation = split_pages(pages, job.val_split, job.seed)
     if not training:
         raise UsageError("nothing to train on: no page has usable ground truth")
@@ -343,11 +215,11 @@ def train(job: TrainJob, reporter: PlainReporter) -> TrainSummary:
                  "pages_validation": [f"{p.doc.source}#{p.number}" for p in validation],
                  "dpi": job.page_options.dpi, "max_patches": max_patches}  # fmt: skip
     if job.resume:
-        _check_resumable(job.run_dir, settings)
+        check_resumable(job.run_dir, settings)
     torch.manual_seed(job.seed)
     model = _build_model(job, device, dtype, resume_from, reporter)
     model.train()
-    examples = _Examples(processor, job.task, job.page_options, max_patches)
+    examples = PageExamples(processor, job.task, job.page_options, max_patches)
     pad_id = processor.tokenizer.pad_token_id
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     scheduler = make_scheduler(optimizer, warmup, horizon)
@@ -363,7 +235,7 @@ def train(job: TrainJob, reporter: PlainReporter) -> TrainSummary:
         torch.set_rng_state(state["torch_rng"])
         if torch.cuda.is_available() and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
-        _keep_metrics_until(metrics, step)
+        keep_metrics_until(metrics, step)
         reporter.info(f"resuming {job.run_dir} at step {step} (epoch {epoch})")
     else:
         write_atomic(metrics, "")
@@ -387,7 +259,7 @@ def train(job: TrainJob, reporter: PlainReporter) -> TrainSummary:
     saved_step = step
     try:
         while epoch <= job.epochs and step < max_steps and not stopped_early:
-            order = _epoch_order(training, job.seed, epoch)
+            order = epoch_order(training, job.seed, epoch)
             batches = [order[i : i + job.batch_size] for i in range(0, len(order), job.batch_size)]
             groups = [batches[i : i + job.grad_accum] for i in range(0, len(batches), job.grad_accum)]
             while done_in_epoch < len(groups) and step < max_steps:
@@ -421,7 +293,7 @@ def train(job: TrainJob, reporter: PlainReporter) -> TrainSummary:
                     record["epoch_train_loss"] = round(score, 6)
                 else:
                     score = None
-                _log(metrics, record)
+                append_metrics(metrics, record)
                 progress.step(step, loss_value)
                 if score is not None:
                     improved, stop = stopper.update(score)

@@ -1,4 +1,5 @@
-"""Saving and loading a run's checkpoints (`best/`, `last/`), atomically.
+"""A run folder's files: its checkpoints (`best/`, `last/`), saved and loaded atomically,
+`metrics.jsonl`, and the check that `--resume` continues the same run (`config.json`).
 
 A checkpoint is written into a hidden temporary folder next to its place, then renamed into
 place; the folder it replaces is first renamed aside (`.NAME.old`) and removed last. A run
@@ -74,3 +75,46 @@ def load_state(run_dir: Path) -> tuple[Path, dict]:
         return folder, torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)
     except (OSError, RuntimeError, EOFError) as exc:
         raise UsageError(f"--resume {run_dir}: cannot read {folder / STATE_FILE}: {exc}") from None
+
+
+def append_metrics(path: Path, record: dict) -> None:
+    """Add one step's record to `metrics.jsonl` (one JSON object per line)."""
+    try:
+        with path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+    except OSError as exc:
+        raise OutputFailed(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+# Settings a resumed run must share with the run it continues (the rest may change, e.g. --max-steps).
+RESUME_KEYS = ("task", "model", "method", "lr", "epochs", "batch_size", "grad_accum", "val_split", "seed",
+                "lora_rank", "lora_alpha", "lora_dropout", "lora_vision", "warmup_steps", "max_patches",
+                "pages_train", "pages_validation")  # fmt: skip
+
+
+def check_resumable(run_dir: Path, settings: dict) -> None:
+    """Refuse (UsageError) to resume a run whose `config.json` has other values of `RESUME_KEYS`."""
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--resume {run_dir}: cannot read its config.json: {exc}") from None
+    changed = [key for key in RESUME_KEYS if key in saved and saved[key] != settings.get(key)]
+    if changed:
+        raise UsageError(f"--resume {run_dir}: this command changes {', '.join(changed)} "
+                         f"(the run has {', '.join(f'{k}={saved[k]!r}' for k in changed)}); give the run's settings")  # fmt: skip
+
+
+def keep_metrics_until(path: Path, step: int) -> None:
+    """Drop records past the resumed step (written after the last save of an interrupted run)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    except OSError as exc:
+        raise OutputFailed(f"cannot read {path}: {exc.strerror or exc}") from None
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except ValueError:
+            continue  # a line cut short when the run was killed while writing it
+    write_atomic(path, "".join(f"{line}\n" for line in kept))

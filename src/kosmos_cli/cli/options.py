@@ -1,5 +1,5 @@
 """The command line's options, each defined once (type, help text, help panel) and shared
-by the commands in `cli.py` that take it. Imports no torch."""
+by the commands (`commands.py`, `training.py`) that take it. Imports no torch."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .outputs.formats import MD_FORMATS, OCR_FORMATS
+from ..outputs.formats import MD_FORMATS, OCR_FORMATS
 
 INPUTS, OUTPUT, MODEL, SPEED, RAY = "Inputs", "Output", "Model", "Speed", "Ray"
 EVAL, TRAINING = "Evaluation", "Training"
