@@ -56,7 +56,7 @@ def run_step_layers(layers, hidden, mask, cache_argument: dict):
         ffn, norm = layer.ffn, layer.final_layer_norm
         normed = F.layer_norm(hidden, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
         if gelu_post_op and _packed_for(ffn.fc1, rows):
-            widened = _packed_product(normed, ffn.fc1, post_op="gelu")
+            widened = _packed_product_gelu(normed, ffn.fc1)
         else:
             widened = ffn.activation_fn(ffn.fc1(normed))
         norm = ffn.ffn_layernorm
@@ -81,11 +81,11 @@ def _packed_for(linear, rows: int) -> bool:
     return float32_from is None or rows < float32_from
 
 
-def _packed_product(rows, linear, post_op: str):
-    """rows @ weight^T + bias with oneDNN's `post_op` applied before rounding (exact GELU: "gelu", "none")."""
+def _packed_product_gelu(rows, linear):
+    """GELU(rows @ weight^T + bias), exact GELU applied by oneDNN before rounding to the rows' dtype."""
     import torch
 
-    return torch.ops.mkldnn._linear_pointwise(rows, linear.weight, linear.bias, post_op, [], "none")
+    return torch.ops.mkldnn._linear_pointwise(rows, linear.weight, linear.bias, "gelu", [], "none")
 
 
 def _eager_attention():
