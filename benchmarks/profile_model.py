@@ -11,9 +11,12 @@ through kosmos25's own `ModelRunner` (its kernels and speed-ups), one A4-like pa
    cache) at the measured memory bandwidth;
 3. `--compile`: the same step with the decoder layers under `torch.compile`
    (inductor on CPU; on CUDA mode "reduce-overhead", i.e. CUDA graphs), to decide
-   whether compiling pays.
+   whether compiling pays;
+4. `--fusion N`: the vision encoder and the prefill with kosmos25's fused layers
+   (`fused_layers.py`: post-ops on packed weights) against the layers' own forward on
+   the same weights, N rounds interleaved, best of each.
 
-Run: `python benchmarks/profile_model.py [--slots 4,8] [--compile]` (a few minutes on 2 cores).
+Run: `python benchmarks/profile_model.py [--slots 4,8] [--compile] [--fusion 3]` (a few minutes on 2 cores).
 `--device cuda` times the decoding step only (no CPU yardsticks, no per-operator split).
 """
 
@@ -41,7 +44,8 @@ KINDS = {
     "aten::linear": "weight products (linear)",
     "aten::addmm": "weight products (linear)",
     "aten::mm": "weight products (linear)",
-    "mkldnn::_linear_pointwise": "weight products (linear)",  # kosmos25's packed decoder weights
+    "mkldnn::_linear_pointwise": "weight products (linear)",  # kosmos25's packed weights
+    "mkldnn::_linear_pointwise.binary": "weight products (linear)",  # ... with a residual add or the gate
     "aten::matmul": "attention (kosmos25's products + softmax)",
     "aten::bmm": "attention (kosmos25's products + softmax)",
     "aten::softmax": "attention (kosmos25's products + softmax)",
@@ -213,6 +217,50 @@ def profile_prefill(runner, page, peak: float) -> None:
         print_kinds(kinds, wall - vision_part.seconds, prefill_flops, peak)
 
 
+def compare_fusion(runner, page, rounds: int) -> None:
+    """Vision encoder and prefill with the fused layers against the layers' own forward
+    (same packed weights), `rounds` rounds interleaved; best time of each way."""
+    from transformers.models.kosmos2_5.modeling_kosmos2_5 import Kosmos2_5VisionLayer
+
+    from kosmos_cli.model import decode_loop
+    from kosmos_cli.model.decode_loop import ContinuousDecoder
+    from kosmos_cli.model.fused_layers import run_layers
+
+    layers = runner.model.vision_model.encoder.layer
+    fused_class, fused_prefill = type(layers[0]), decode_loop.run_decoder_layers
+    if fused_class is Kosmos2_5VisionLayer:
+        print("\nfused layers: not in use (nothing packed: not bf16 on CPU)")
+        return
+    patches = page.flattened_patches[None].to(runner.dtype)
+    decoder = ContinuousDecoder(runner.model, runner._prompt("ocr"), runner.eos_token_id, 256, slots=1,
+                                device=runner.device, dtype=runner.dtype)  # fmt: skip
+
+    def use(fused: bool) -> None:
+        for layer in layers:
+            layer.__class__ = fused_class if fused else Kosmos2_5VisionLayer
+        decode_loop.run_decoder_layers = fused_prefill if fused else run_layers
+
+    def one_page() -> tuple[float, float]:
+        with torch.inference_mode(), VisionLeftOut(runner.model) as vision_part:
+            started = time.perf_counter()
+            decoder._prefill(decoder.new_cache(), [("page", page)], 0, None)
+            whole = time.perf_counter() - started
+        return vision_part.seconds, whole - vision_part.seconds
+
+    print(f"\nfused layers against the layers' own forward, 1 page ({patches.shape[1]} patches), {rounds} rounds:", flush=True)
+    best = {True: [float("inf")] * 2, False: [float("inf")] * 2}
+    try:
+        for _round in range(rounds):
+            for fused in (False, True):
+                use(fused)
+                best[fused] = [min(pair) for pair in zip(best[fused], one_page())]
+    finally:
+        use(True)
+    for part, index in (("vision encoder", 0), ("prefill (projection + prompt)", 1)):
+        plain, fused = best[False][index], best[True][index]
+        print(f"  {part}: layers' forward {plain:.2f} s, fused {fused:.2f} s ({plain / fused:.2f}x)")
+
+
 class VisionLeftOut:
     """Leaves the vision encoder out of a prefill's times: its operators go under a profiler
     annotation (so `time_by_kind` skips them) and its wall time is summed in `seconds`."""
@@ -326,6 +374,8 @@ def main() -> None:
     parser.add_argument("--slots", default="4,8", help="busy slots for the decoding step (default 4,8)")
     parser.add_argument("--compile", action="store_true", help="also try torch.compile on the decoding step")
     parser.add_argument("--skip-prefill", action="store_true", help="only the decoding step")
+    parser.add_argument("--fusion", type=int, default=0, metavar="N",
+                        help="also time vision and prefill fused against unfused, N rounds (CPU)")  # fmt: skip
     parser.add_argument("--cache", type=Path, default=REPO / ".cache" / "bench-full-random")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda: the decoding step only")
     args = parser.parse_args()
@@ -357,8 +407,10 @@ def main() -> None:
     bandwidth = max(copy, weight_read)
     print(f"yardsticks: matrix-product peak {peak / 1e12:.3f} TFLOP/s ({peak_kind}); memory bandwidth "
           f"{bandwidth / 1e9:.1f} GB/s (copy {copy / 1e9:.1f}, weights read by a few rows {weight_read / 1e9:.1f})")  # fmt: skip
+    page = runner.prepare(synthetic_pages(2)[1])
+    if args.fusion:
+        compare_fusion(runner, page, args.fusion)
     if not args.skip_prefill:
-        page = runner.prepare(synthetic_pages(2)[1])
         profile_prefill(runner, page, peak)
     for slots in (int(value) for value in args.slots.split(",") if value):
         profile_decode(runner, slots, bandwidth, args.compile)

@@ -50,3 +50,8 @@ def pdf_with_big_page(path: Path, big: int = 2) -> Path:
     frames = [Image.new("RGB", (1200, 1600) if number == big else (300, 400), "white") for number in (1, 2, 3)]
     frames[0].save(path, save_all=True, append_images=frames[1:], resolution=100.0)
     return path
+
+
+def gradient_pages() -> list[Image.Image]:
+    """Two fixed pages of different shapes (deterministic, unlike effect_noise)."""
+    return [Image.radial_gradient("L").resize((300, 200)).convert("RGB"), Image.linear_gradient("L").resize((100, 500)).convert("RGB")]

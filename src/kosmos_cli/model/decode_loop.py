@@ -19,8 +19,8 @@ does, rather than `generate`:
   keys (boolean for SDPA and the CPU kernel, additive for eager attention);
 - the position table is extended up front: it only grows inside eager forward calls.
 
-Decoding steps run the layers through `decode_step.run_step_layers` (the same computation
-without the modules' per-call plumbing); prefills through the modules' own forward.
+Prefills and decoding steps run the layers through `fused_layers.run_decoder_layers` (the
+same computation without the modules' per-call plumbing, with post-ops on packed weights).
 
 Each page's tokens equal those of its own single-page greedy `generate` run (up to the
 rounding differences any change of batch shape brings; tests check equality in float32).
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .compat import cache_keyword
 from .cpu_attention import CPU_ATTENTION
-from .decode_step import run_layers, run_step_layers
+from .fused_layers import run_decoder_layers, run_layers
 from .repetition import find_loop
 from .runner import RawOutput, finish_row
 from .slot_cache import CACHE_ALIGN, SlotCache, round_up
@@ -175,7 +175,7 @@ class ContinuousDecoder:
         self._extend_position_table(self.padding_idx + 1 + self.capacity_limit + 1)
         self._cache_keyword = cache_keyword()
         self.read_used_width = self.device.type == "cpu"  # see SlotCache
-        self._step_layers = _compiled_layers() if compile_steps else run_step_layers
+        self._step_layers = _compiled_layers() if compile_steps else run_decoder_layers
 
     def _extend_position_table(self, needed: int) -> None:
         # The table grows only when an eager forward computes a longer length than it has;
@@ -275,7 +275,7 @@ class ContinuousDecoder:
 
         cache.start_prefill(slice(first_row, first_row + count), self.prompt_length)
         mask = None if self.attention != "eager" else self._causal_mask(self.prompt_length)
-        hidden = run_layers(transformer.layers, hidden, mask, {self._cache_keyword: cache})
+        hidden = run_decoder_layers(transformer.layers, hidden, mask, {self._cache_keyword: cache})
         last = transformer.layer_norm(hidden[:, -1:])
         logits = model.text_model.lm_head(last)[:, -1]
         keys = [key for key, _page in group]

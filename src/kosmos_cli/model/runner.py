@@ -17,13 +17,12 @@ from .cpu_attention import CPU_ATTENTION, CpuKernels, measure_cpu_kernels, regis
 from ..errors import GenerationFailed, UsageError
 from .loading import ATTENTION_KINDS, DEFAULT_MODEL, load_model, resolve_device, resolve_dtype
 from .repetition import find_loop, trim_loop
+from .fused_layers import fuse_vision_layers
+from .packed import MANY_ROWS, float32_products_faster, pack_linear_weights
 from .speedups import (
-    MANY_ROWS,
     enable_vision_attention_kernel,
-    float32_products_faster,
     fuse_vision_elementwise,
     growing_cache,
-    pack_linear_weights,
     vision_attention_lookup_is_broken,
 )
 
@@ -115,7 +114,8 @@ class ModelRunner:
             fuse_vision_elementwise(self.model)
             self.float32_products = self._float32_products_faster()
             float32_from = MANY_ROWS if self.float32_products else None
-            pack_linear_weights(self.model, decoder=not settings.compile, float32_from=float32_from)
+            if pack_linear_weights(self.model, decoder=not settings.compile, float32_from=float32_from):
+                fuse_vision_layers(self.model)
         self.eos_token_id = self.processor.tokenizer.eos_token_id
         self.box_token_id = self.processor.tokenizer.convert_tokens_to_ids(BOX_TOKEN)
         self._prompts: dict[str, dict] = {}
