@@ -111,6 +111,28 @@ def test_each_page_gets_its_single_page_tokens_and_logprobs(case, slots):
     assert stats.peak_capacity <= decoder.capacity_limit < decoder.prompt_length + NEW_TOKENS + 64
 
 
+def test_rows_no_page_will_use_are_given_back_as_the_last_pages_end(case):
+    runner, pages, eos, references = case
+    slots = 4
+    decoder = _decoder(runner, eos, NEW_TOKENS, slots=slots, stop_on_loops=False)
+    held = []  # (live rows, rows the cache holds) at each decoding step
+    step = decoder._step
+
+    def recording(cache, rows, logits_hook):
+        held.append((len(rows), cache.held_rows))
+        step(cache, rows, logits_hook)
+
+    decoder._step = recording
+    tokens = {page.key: page.tokens for page in decoder.run(enumerate(pages))}
+    assert tokens == {key: reference[0] for key, reference in enumerate(references)}
+    assert held[0] == (slots, slots)  # a row per slot while pages may join
+    given_back = [index for index, (_live, rows) in enumerate(held) if rows < slots]
+    assert given_back and held[-1][0] == held[-1][1]  # in the end, only the live rows
+    rows_held = [rows for _live, rows in held[given_back[0] :]]
+    assert rows_held == sorted(rows_held, reverse=True)  # none taken again once no page will join
+    assert decoder.stats.peak_cells == slots * decoder.stats.peak_capacity
+
+
 def test_pages_come_out_in_order_of_completion(case):
     runner, pages, eos, references = case
     finished = list(_decoder(runner, eos, NEW_TOKENS, slots=len(pages), stop_on_loops=False).run(enumerate(pages)))

@@ -1,5 +1,5 @@
-"""The slot buffers of continuous batching: growth in blocks, shrinking, row moves, and what
-attention is handed in a prefill and in a decoding step."""
+"""The slot buffers of continuous batching: growth in blocks, shrinking (positions, and rows once
+no page will join), row moves, and what attention is handed in a prefill and in a decoding step."""
 
 from __future__ import annotations
 
@@ -66,3 +66,31 @@ def test_a_row_moves_with_every_layer_and_clear_drops_the_buffers():
         assert torch.equal(buffer[0, :, :5], buffer[2, :, :5]) and not buffer[0, :, 5:].any()
     cache.clear()
     assert cache.capacity == 0 and cache.keys == [] and cache.values == []
+
+
+def test_rows_are_given_back_only_when_no_page_will_join():
+    cache = _cache(slots=8)
+    cache.reserve(10, rows_in_use=0)
+    assert cache.held_rows == 8
+    for buffer in cache.keys:
+        buffer[:, :, :5] = torch.arange(8.0)[:, None, None, None]
+    cache.fit(10, rows_in_use=3)  # pages may still join: every slot's row stays
+    assert cache.held_rows == 8
+    cache.fit(10, rows_in_use=7, last_pages=True)  # one row free of eight: not worth a copy
+    assert cache.held_rows == 8
+    cache.fit(10, rows_in_use=3, last_pages=True)
+    assert cache.held_rows == 3 and cache.keys[0].shape == (3, 2, cache.capacity, 4)
+    assert all(torch.equal(buffer[:, 0, :5, 0], torch.arange(3.0)[:, None].expand(3, 5)) for buffer in cache.keys)
+    assert cache.peak_cells == 8 * cache.capacity
+    cache.fit(10, rows_in_use=0, last_pages=True)  # nothing live: nothing held
+    assert cache.keys == [] and cache.held_rows == 0
+
+
+def test_a_prefill_after_rows_were_given_back_gets_every_slot_again():
+    cache = _cache(slots=4)
+    cache.reserve(10, rows_in_use=0)
+    cache.keys[0][0, :, :5] = 1.0
+    cache.fit(10, rows_in_use=1, last_pages=True)
+    assert cache.held_rows == 1
+    cache.start_prefill(slice(1, 3), prompt_length=6)
+    assert cache.held_rows == 4 and bool((cache.keys[0][0, :, :5] == 1.0).all())

@@ -96,6 +96,7 @@ class LoopStats:
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
     peak_capacity: int = 0
+    peak_cells: int = 0  # the most rows x positions the cache held at once
     group_sizes: list[int] = field(default_factory=list)
 
 
@@ -215,6 +216,8 @@ class ContinuousDecoder:
                             break
                     if not group:
                         exhausted = True
+                        with torch.inference_mode():
+                            self._fit(cache, rows, last_pages=True)
                         break
                     started = time.perf_counter()
                     with torch.inference_mode():
@@ -227,18 +230,18 @@ class ContinuousDecoder:
                         rows.append(_Row(key, [token], [logprob], self.prompt_length))
                     del group
                     with torch.inference_mode():
-                        finished = self._retire(cache, rows)
+                        finished = self._retire(cache, rows, exhausted)
                     yield from finished
                 if not rows:
                     break
                 started = time.perf_counter()
                 with torch.inference_mode():
                     self._step(cache, rows, logits_hook)
-                    finished = self._retire(cache, rows)
+                    finished = self._retire(cache, rows, exhausted)
                 self.stats.decode_seconds += time.perf_counter() - started
                 yield from finished
         finally:
-            self.stats.peak_capacity = cache.peak_capacity
+            self.stats.peak_capacity, self.stats.peak_cells = cache.peak_capacity, cache.peak_cells
             cache.clear()
 
     def new_cache(self) -> SlotCache:
@@ -352,8 +355,9 @@ class ContinuousDecoder:
 
     # -- slot bookkeeping --
 
-    def _retire(self, cache: SlotCache, rows: list[_Row]) -> list[FinishedPage]:
-        """Take the rows that are done out of `rows`, free their slots and pack the others to the front."""
+    def _retire(self, cache: SlotCache, rows: list[_Row], last_pages: bool) -> list[FinishedPage]:
+        """Take the rows that are done out of `rows`, free their slots and pack the others to the
+        front; `last_pages`: no page will join (the cache may give back rows)."""
         done = [index for index, row in enumerate(rows) if self._finished(row)]
         if not done:
             return []
@@ -367,7 +371,7 @@ class ContinuousDecoder:
             cache.move_row(mover, hole, rows[mover].length)
             rows[hole] = rows[mover]
         del rows[len(keep) :]
-        cache.fit(max((row.length + 1 for row in rows), default=self.prompt_length), len(rows))
+        self._fit(cache, rows, last_pages)
         pages = []
         for row in finished:
             tokens, truncated, looping = finish_row(row.tokens, self.eos_token_id, self.stop_on_loops)
@@ -375,6 +379,9 @@ class ContinuousDecoder:
             self.stats.tokens += len(row.tokens)
             pages.append(FinishedPage(row.key, tokens, row.logprobs[: len(tokens)], truncated, looping))
         return pages
+
+    def _fit(self, cache: SlotCache, rows: list[_Row], last_pages: bool) -> None:
+        cache.fit(max((row.length + 1 for row in rows), default=self.prompt_length), len(rows), last_pages)
 
     def _finished(self, row: _Row) -> bool:
         count = len(row.tokens)

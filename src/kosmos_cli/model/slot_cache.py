@@ -1,8 +1,10 @@
 """The key/value cache of continuous batching: one row (a *slot*) per page in flight.
 
-Buffers are [slots, heads, capacity, dim] per decoder layer, allocated on first use and
+Buffers are [rows, heads, capacity, dim] per decoder layer, allocated on first use and
 grown (and shrunk) in blocks of CACHE_BLOCK positions, so a decoding step never copies
-the whole cache. `decode_loop.ContinuousDecoder` decides which page owns which row; this
+the whole cache. They hold a row for every slot, until no more pages will come: then
+rows no page uses any more are given back too (a run's last pages decode alone, and
+would otherwise keep every slot's cache at the longest page's length). `decode_loop.ContinuousDecoder` decides which page owns which row; this
 module only stores keys/values and hands attention what it reads.
 torch is imported inside functions so the CLI's `--help` stays instant.
 """
@@ -38,6 +40,7 @@ class SlotCache:
         self.keys: list = []
         self.values: list = []
         self.peak_capacity = 0
+        self.peak_cells = 0  # the most rows x positions held at once (memory, in positions)
         self.mode = "prefill"
         self.rows = slice(0)  # the prefill's rows: a new group always goes right after the live rows
         self.prompt_length = 0
@@ -51,9 +54,16 @@ class SlotCache:
         """Positions each row's buffers hold now (0 before first use)."""
         return self.keys[0].shape[2] if self.keys else 0
 
+    @property
+    def held_rows(self) -> int:
+        """Rows the buffers hold now (0 before first use)."""
+        return self.keys[0].shape[0] if self.keys else 0
+
     def start_prefill(self, rows: slice, prompt_length: int) -> None:
         """The next forward pass prefills `rows` with prompts of `prompt_length` tokens."""
         self.reserve(prompt_length, rows.start)
+        if rows.stop > self.held_rows:  # rows were given back, and pages came after all: every slot again
+            self._reallocate(self.capacity, rows.start, self.slots)
         self.mode, self.rows, self.prompt_length = "prefill", rows, prompt_length
 
     def start_step(self, positions, width: int) -> None:
@@ -81,25 +91,40 @@ class SlotCache:
             buffer[target, :, :length] = buffer[source, :, :length]
 
     def reserve(self, width: int, rows_in_use: int) -> None:
-        """Make the buffers hold `width` positions (allocating them on first use)."""
+        """Make the buffers hold `width` positions (allocating them, a row per slot, on first use)."""
         if self.capacity >= width:
             return
-        self._reallocate(min(self.capacity_limit, round_up(width + CACHE_BLOCK, CACHE_ALIGN)), rows_in_use)
+        capacity = min(self.capacity_limit, round_up(width + CACHE_BLOCK, CACHE_ALIGN))
+        self._reallocate(capacity, rows_in_use, self.held_rows or self.slots)
 
-    def fit(self, needed: int, rows_in_use: int) -> None:
-        """Give back capacity beyond `needed` positions that no live row uses (the longest page ended)."""
-        if self.keys and self.capacity - needed > 2 * CACHE_BLOCK:
-            self._reallocate(min(self.capacity_limit, round_up(needed + CACHE_BLOCK, CACHE_ALIGN)), rows_in_use)
+    def fit(self, needed: int, rows_in_use: int, last_pages: bool = False) -> None:
+        """Give back capacity beyond `needed` positions that no live row uses (the longest page
+        ended); with `last_pages` (no page will join), rows beyond `rows_in_use` too, once at
+        least a quarter of the rows held is free (fewer copies of the live rows)."""
+        if not self.keys:
+            return
+        if last_pages and rows_in_use == 0:
+            self.clear()
+            return
+        rows = self.held_rows
+        if last_pages and rows - rows_in_use >= max(1, rows // 4):
+            rows = max(1, rows_in_use)
+        capacity = self.capacity
+        if capacity - needed > 2 * CACHE_BLOCK:
+            capacity = min(self.capacity_limit, round_up(needed + CACHE_BLOCK, CACHE_ALIGN))
+        if (capacity, rows) != (self.capacity, self.held_rows):
+            self._reallocate(capacity, rows_in_use, rows)
 
     def clear(self) -> None:
         """Drop every buffer."""
         self.keys.clear()
         self.values.clear()
 
-    def _reallocate(self, capacity: int, rows_in_use: int) -> None:
+    def _reallocate(self, capacity: int, rows_in_use: int, rows: int) -> None:
+        """Buffers of `rows` rows and `capacity` positions, rows 0..rows_in_use-1 kept."""
         # Zeros, not garbage: the CPU decode kernel multiplies the whole buffer before masking.
+        shape = (rows, self.heads, capacity, self.head_dim)
         if not self.keys:
-            shape = (self.slots, self.heads, capacity, self.head_dim)
             for _layer in range(self.layers):
                 self.keys.append(self._zeros(shape))
                 self.values.append(self._zeros(shape))
@@ -107,10 +132,11 @@ class SlotCache:
             keep = min(capacity, self.capacity)
             for buffers in (self.keys, self.values):
                 for index, old in enumerate(buffers):
-                    new = self._zeros((old.shape[0], old.shape[1], capacity, old.shape[3]))
+                    new = self._zeros(shape)
                     new[:rows_in_use, :, :keep] = old[:rows_in_use, :, :keep]
                     buffers[index] = new  # one layer at a time: the old buffer goes here
         self.peak_capacity = max(self.peak_capacity, capacity)
+        self.peak_cells = max(self.peak_cells, rows * capacity)
 
     def _zeros(self, shape):
         import torch
