@@ -2,10 +2,11 @@
 
 Buffers are [rows, heads, capacity, dim] per decoder layer, allocated on first use and
 grown (and shrunk) in blocks of CACHE_BLOCK positions, so a decoding step never copies
-the whole cache. They hold a row for every slot, until no more pages will come: then
+the whole cache. They hold a row for every slot until no more pages will come; then
 rows no page uses any more are given back too (a run's last pages decode alone, and
-would otherwise keep every slot's cache at the longest page's length). `decode_loop.ContinuousDecoder` decides which page owns which row; this
-module only stores keys/values and hands attention what it reads.
+would otherwise keep every slot's cache at the longest page's length).
+`decode_loop.ContinuousDecoder` decides which page owns which row; this module only
+stores keys/values and hands attention what it reads.
 torch is imported inside functions so the CLI's `--help` stays instant.
 """
 
