@@ -103,7 +103,7 @@ def counted_flops(function, model) -> dict[str, int]:
     queries x keys x head size per call (half of it when causal), whichever kernel runs
     it (the counter does not see inside torch's fused CPU attention kernel).
     """
-    from kosmos_cli.model import cpu_attention
+    from kosmos_cli.model import cpu_attention, fused_layers
 
     attention = 0
     original = cpu_attention.many_query_attention
@@ -122,14 +122,28 @@ def counted_flops(function, model) -> dict[str, int]:
         if not widened:  # a float32 product is an aten product, which the counter counts itself
             packed += 2 * output.numel() * module.in_features
 
+    def count_post_op(product):  # fused_layers' products with post-ops bypass the modules' forward
+        def counted(rows, linear, *args):
+            nonlocal packed
+            output = product(rows, linear, *args)
+            packed += 2 * output.numel() * linear.in_features
+            return output
+
+        return counted
+
     hooks = [m.register_forward_hook(count_packed) for m in model.modules() if _is_packed(m)]
+    post_ops = {name: getattr(fused_layers, name) for name in ("product_gelu", "product_add", "product_mul")}
     counter = FlopCounterMode(display=False)
     cpu_attention.many_query_attention = counting
+    for name, product in post_ops.items():
+        setattr(fused_layers, name, count_post_op(product))
     try:
         with counter:
             function()
     finally:
         cpu_attention.many_query_attention = original
+        for name, product in post_ops.items():
+            setattr(fused_layers, name, product)
         for hook in hooks:
             hook.remove()
     ops = counter.get_flop_counts()["Global"]
