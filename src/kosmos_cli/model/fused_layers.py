@@ -134,11 +134,11 @@ def _fused_vision_layer_class():
     return FusedVisionLayer
 
 
-def _plus_product(residual, rows, linear, count: int):
-    """residual + linear(rows); the sum inside the product where `linear` is packed."""
-    if packed_for(linear, count):
-        return product_add(rows, linear, residual)
-    return residual + linear(rows)
+def _plus_product(residual, inputs, linear, rows: int):
+    """residual + linear(inputs) for `rows` rows; the sum inside the product where `linear` is packed."""
+    if packed_for(linear, rows):
+        return product_add(inputs, linear, residual)
+    return residual + linear(inputs)
 
 
 def _eager_attention():
