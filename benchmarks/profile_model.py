@@ -236,12 +236,12 @@ def compare_fusion(runner, page, rounds: int) -> None:
     (same packed weights), `rounds` rounds interleaved; best time of each way."""
     from transformers.models.kosmos2_5.modeling_kosmos2_5 import Kosmos2_5VisionLayer
 
-    from kosmos_cli.model import decode_loop
+    from kosmos_cli.model import decode_passes
     from kosmos_cli.model.decode_loop import ContinuousDecoder
     from kosmos_cli.model.fused_layers import run_layers
 
     layers = runner.model.vision_model.encoder.layer
-    fused_class, fused_prefill = type(layers[0]), decode_loop.run_decoder_layers
+    fused_class, fused_prefill = type(layers[0]), decode_passes.run_decoder_layers
     if fused_class is Kosmos2_5VisionLayer:
         print("\nfused layers: not in use (nothing packed: not bf16 on CPU)")
         return
@@ -249,10 +249,14 @@ def compare_fusion(runner, page, rounds: int) -> None:
     decoder = ContinuousDecoder(runner.model, runner._prompt("ocr"), runner.eos_token_id, 256, slots=1,
                                 device=runner.device, dtype=runner.dtype)  # fmt: skip
 
+    def unfused_prefill(layers, hidden, mask, cache_argument, last_position_only=False):
+        hidden = run_layers(layers, hidden, mask, cache_argument)
+        return hidden[:, -1:] if last_position_only else hidden
+
     def use(fused: bool) -> None:
         for layer in layers:
             layer.__class__ = fused_class if fused else Kosmos2_5VisionLayer
-        decode_loop.run_decoder_layers = fused_prefill if fused else run_layers
+        decode_passes.run_decoder_layers = fused_prefill if fused else unfused_prefill
 
     def one_page() -> tuple[float, float]:
         with torch.inference_mode(), VisionLeftOut(runner.model) as vision_part:
@@ -362,22 +366,22 @@ def profile_decode(runner, slots: int, bandwidth: float, compile_step: bool, spl
         kinds, wall = time_by_kind(step, lm_head_columns=runner.model.config.text_config.vocab_size)
         print_kinds(kinds, wall)
     if compile_step:
-        eager_layers = decoder._step_layers
+        eager_layers = decoder.passes.step_layers
         started = time.perf_counter()
         on_gpu = str(runner.device).startswith("cuda")
         mode = "reduce-overhead" if on_gpu else None  # CUDA graphs: a step's many small kernels in one launch
-        decoder._step_layers = torch.compile(eager_layers, dynamic=False, mode=mode)
+        decoder.passes.step_layers = torch.compile(eager_layers, dynamic=False, mode=mode)
         try:
             for _ in range(3 if on_gpu else 1):  # CUDA graphs are recorded after warm-up calls
                 _synchronized(step)()
         except Exception as exc:  # noqa: BLE001 - a trial: report whatever stops the compiler
             print(f"  torch.compile: failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
-            decoder._step_layers = eager_layers
+            decoder.passes.step_layers = eager_layers
             return
         print(f"  torch.compile ({mode or 'inductor'}) of the decoder layers: first steps (compiling) "
               f"{time.perf_counter() - started:.1f} s", flush=True)  # fmt: skip
         compiled = timed(step, repeats=5)
-        decoder._step_layers = eager_layers
+        decoder.passes.step_layers = eager_layers
         eager = timed(step, repeats=5)
         print(f"  compiled {1000 * compiled:.1f} ms per step vs eager {1000 * eager:.1f} ms (same cache, "
               f"measured back to back): {eager / compiled:.2f}x")  # fmt: skip

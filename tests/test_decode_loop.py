@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 import tiny_checkpoint
-from kosmos_cli.model import decode_loop, runner as runner_module
+from kosmos_cli.model import decode_loop, decode_passes, runner as runner_module
 from kosmos_cli.model.cpu_attention import CPU_ATTENTION, CpuKernels, register_cpu_attention
 from kosmos_cli.model.decode_loop import ContinuousDecoder
 from kosmos_cli.model.runner import ModelRunner, RunnerSettings, finish_row
@@ -337,7 +337,7 @@ def test_compiled_decoding_steps_give_the_same_tokens(case):
     runner, pages, eos, references = case
     for _run in range(2):
         decoder = _decoder(runner, eos, NEW_TOKENS, slots=3, stop_on_loops=False, compile_steps=True)
-        assert decoder._step_layers is decode_loop._compiled_layers()
+        assert decoder.passes.step_layers is decode_passes._compiled_layers()
         finished = {page.key: page for page in decoder.run(enumerate(pages))}
         for key, (tokens, logprobs, truncated, _looping) in enumerate(references):
             assert finished[key].tokens == tokens, key

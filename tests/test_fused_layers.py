@@ -31,8 +31,8 @@ def _busy_step(runner: ModelRunner, attention: str):
     cache.start_step(lengths, width)
     embed_dim = runner.model.config.text_config.embed_dim
     hidden = torch.randn(ROWS, 1, embed_dim, generator=generator).to(runner.dtype)
-    layers = decoder.transformer.layers
-    return layers, hidden, decoder._key_mask(lengths, width), {decoder._cache_keyword: cache}
+    layers = decoder.passes.transformer.layers
+    return layers, hidden, decoder.passes.key_mask(lengths, width), {decoder.passes.cache_keyword: cache}
 
 
 @pytest.fixture(scope="module")
@@ -93,13 +93,13 @@ def _prompt(runner: ModelRunner, attention: str):
     def fresh_cache():
         cache = decoder.new_cache()
         cache.start_prefill(slice(0, ROWS), decoder.prompt_length)
-        return {decoder._cache_keyword: cache}
+        return {decoder.passes.cache_keyword: cache}
 
     embed_dim = runner.model.config.text_config.embed_dim
     generator = torch.Generator().manual_seed(1)
     hidden = torch.randn(ROWS, decoder.prompt_length, embed_dim, generator=generator).to(runner.dtype)
-    mask = decoder._causal_mask(decoder.prompt_length) if attention == "eager" else None
-    return decoder.transformer.layers, hidden, mask, fresh_cache
+    mask = decoder.passes.causal_mask(decoder.prompt_length) if attention == "eager" else None
+    return decoder.passes.transformer.layers, hidden, mask, fresh_cache
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager", CPU_ATTENTION])
@@ -110,6 +110,26 @@ def test_prompt_layers_equal_the_layers_forward_in_float32(float32_runner, atten
         ours = run_decoder_layers(layers, hidden, mask, ours_cache)
         theirs = run_layers(layers, hidden, mask, theirs_cache)
     assert torch.equal(ours, theirs)
+    (ours_cache,), (theirs_cache,) = ours_cache.values(), theirs_cache.values()
+    assert all(torch.equal(a, b) for a, b in zip(ours_cache.keys + ours_cache.values, theirs_cache.keys + theirs_cache.values))
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager", CPU_ATTENTION])
+def test_prompt_to_its_last_position_only_gives_that_position_and_every_cache_entry(float32_runner, attention):
+    layers, hidden, mask, fresh_cache = _prompt(float32_runner, attention)
+    ours_cache, theirs_cache = fresh_cache(), fresh_cache()
+    final_ffn_rows = []
+    handle = layers[-1].ffn.fc1.register_forward_hook(lambda _m, inputs, _o: final_ffn_rows.append(inputs[0].shape[:-1].numel()))
+    try:
+        with torch.inference_mode():
+            ours = run_decoder_layers(layers, hidden, mask, ours_cache, last_position_only=True)
+            theirs = run_layers(layers, hidden, mask, theirs_cache)
+    finally:
+        handle.remove()
+    assert final_ffn_rows == [ROWS, ROWS * hidden.shape[1]]  # ours: one position per row; theirs: all
+    assert ours.shape == (ROWS, 1, hidden.shape[-1])
+    # One query over every key, against the causal kernel's last row: the same sums, other kernels.
+    torch.testing.assert_close(ours, theirs[:, -1:], rtol=1e-5, atol=1e-5)
     (ours_cache,), (theirs_cache,) = ours_cache.values(), theirs_cache.values()
     assert all(torch.equal(a, b) for a, b in zip(ours_cache.keys + ours_cache.values, theirs_cache.keys + theirs_cache.values))
 

@@ -146,12 +146,12 @@ def test_segment_confidences_split_at_box_tokens_and_skip_eos():
 
 def test_compile_setting_reaches_the_decoding_steps(trained_model):
     from kosmos_cli.errors import UsageError
-    from kosmos_cli.model import decode_loop
+    from kosmos_cli.model import decode_passes
 
     runner = ModelRunner(RunnerSettings(model=str(trained_model), device="cpu", dtype="float32", compile=True))
     pairs = [(index, runner.prepare(image)) for index, image in enumerate(_images())]
     outputs = {item.key: item.output for item in runner.decode_stream(pairs, "ocr", slots=2)}
-    assert runner.last_decoder._step_layers is decode_loop._compiled_layers()
+    assert runner.last_decoder.passes.step_layers is decode_passes._compiled_layers()
     assert [outputs[index].text for index in range(3)] == [output.text for output in runner.generate(_images(), "ocr")]
     assert "TOTAL 12.50" in outputs[0].text
     with pytest.raises(UsageError, match="--compile applies to --batching continuous"):

@@ -7,20 +7,8 @@ EOS, reaches `max_new_tokens` or is stopped for looping, its slot is freed and t
 next page is prefilled (vision encoder, image projection, prompt) into it and joins
 the running batch at the next step, with its own positions and its own cache length.
 
-The loop calls the model's modules directly, in the order `Kosmos2_5TextTransformer`
-does, rather than `generate`:
-
-- positions are explicit per row; the sinusoidal table starts at `padding_idx + 1`
-  (transformers' own `create_position_ids_from_input_ids` builds them, so a generated
-  padding token gets the same zero position as in `generate`);
-- the segment embedding marks image positions from `image_embeds_position_mask`
-  in the prefill; later steps take no image inputs (segment 0), as in `generate`;
-- rows have different cache lengths, so decoding steps pass an explicit mask over the
-  keys (boolean for SDPA and the CPU kernel, additive for eager attention);
-- the position table is extended up front: it only grows inside eager forward calls.
-
-Prefills and decoding steps run the layers through `fused_layers.run_decoder_layers` (the
-same computation without the modules' per-call plumbing, with post-ops on packed weights).
+The model's forward passes (prefill, decoding step) are `decode_passes.DecoderPasses`;
+this module decides which page owns which row, when pages join and when they end.
 
 Each page's tokens equal those of its own single-page greedy `generate` run (up to the
 rounding differences any change of batch shape brings; tests check equality in float32).
@@ -29,15 +17,12 @@ torch is imported inside functions so the CLI's `--help` stays instant.
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .compat import cache_keyword
-from .cpu_attention import CPU_ATTENTION
-from .fused_layers import run_decoder_layers, run_layers
+from .decode_passes import DecoderPasses
 from .repetition import find_loop
 from .runner import RawOutput, finish_row
 from .slot_cache import CACHE_ALIGN, SlotCache, round_up
@@ -45,8 +30,6 @@ from .slot_cache import CACHE_ALIGN, SlotCache, round_up
 if TYPE_CHECKING:
     from .runner import PreparedPage
 
-# Attention implementations a decoding step can give a per-row key mask to.
-SUPPORTED_ATTENTION = ("sdpa", "eager", CPU_ATTENTION)
 # Same cadence as runner._stop_on_loop: `generate` checks for loops every 8 new tokens,
 # so a page is stopped at the same step in both.
 LOOP_CHECK_EVERY = 8
@@ -141,18 +124,10 @@ class ContinuousDecoder:
             raise ValueError(f"slots must be at least 1, got {slots}")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        text_config = model.config.text_config
-        attention = getattr(text_config, "_attn_implementation", None) or "eager"
-        if attention not in SUPPORTED_ATTENTION:
-            raise ValueError(
-                f"continuous batching needs per-row key masks; attention '{attention}' is not supported "
-                f"(use one of {', '.join(SUPPORTED_ATTENTION)})"
-            )
         unsupported = configured_logits_settings(model)
         if unsupported:
             raise ValueError(f"continuous batching applies no logits processors; the model sets {unsupported}")
         self.model = model
-        self.transformer = model.text_model.model
         self.device = torch.device(device) if device is not None else model.device
         self.dtype = dtype if dtype is not None else model.dtype
         self.eos_token_id = int(eos_token_id)
@@ -161,29 +136,13 @@ class ContinuousDecoder:
         self.stop_on_loops = stop_on_loops
         self.slots = int(slots)
         self.max_prefill = max(1, min(self.slots, max_prefill or self.slots))
-        self.attention = attention
-        self.input_ids = prompt["input_ids"].to(self.device)
-        self.image_mask = prompt["image_embeds_position_mask"].to(self.device)
-        if self.input_ids.dim() != 2 or self.input_ids.shape[0] != 1:
-            raise ValueError(f"prompt input_ids must be [1, length], got {tuple(self.input_ids.shape)}")
-        attention_mask = prompt.get("attention_mask")
-        if attention_mask is not None and not bool(attention_mask.bool().all()):
-            raise ValueError("the prompt must not be padded")
-        self.prompt_length = self.input_ids.shape[1]
-        self.capacity_limit = round_up(self.prompt_length + self.max_new_tokens, CACHE_ALIGN)
-        self.padding_idx = self.transformer.embed_positions.padding_idx
+        prompt_length = prompt["input_ids"].shape[-1]
+        self.capacity_limit = round_up(prompt_length + self.max_new_tokens, CACHE_ALIGN)
+        self.passes = DecoderPasses(model, prompt, self.capacity_limit, device=self.device, dtype=self.dtype,
+                                    compile_steps=compile_steps)  # fmt: skip
+        self.prompt_length = self.passes.prompt_length
         self.stats = LoopStats()
-        self._extend_position_table(self.padding_idx + 1 + self.capacity_limit + 1)
-        self._cache_keyword = cache_keyword()
         self.read_used_width = self.device.type == "cpu"  # see SlotCache
-        self._step_layers = _compiled_layers() if compile_steps else run_decoder_layers
-
-    def _extend_position_table(self, needed: int) -> None:
-        # The table grows only when an eager forward computes a longer length than it has;
-        # with explicit positions that never happens, so make it long enough now.
-        positions = self.transformer.embed_positions
-        if positions.weights.size(0) < needed:
-            positions.make_weights(needed + positions.offset, positions.embedding_dim, positions.padding_idx)
 
     def run(
         self,
@@ -248,67 +207,19 @@ class ContinuousDecoder:
         """Empty key/value buffers for this decoder's slots (allocated on first use)."""
         config = self.model.config.text_config
         heads = config.attention_heads
-        layers, head_dim = len(self.transformer.layers), config.embed_dim // heads
+        layers, head_dim = len(self.passes.transformer.layers), config.embed_dim // heads
         return SlotCache(self.slots, layers, heads, head_dim, self.capacity_limit, self.dtype, self.device)
 
-    # -- the model's modules, called as Kosmos2_5TextTransformer.forward calls them --
-
     def _prefill(self, cache: SlotCache, group, first_row: int, logits_hook):
-        """Vision encoder, image projection and prompt for a group of pages, into rows first_row.."""
-        import torch
-
-        model, transformer = self.model, self.transformer
-        count = len(group)
-        patches = torch.stack([page.flattened_patches for _key, page in group]).to(self.device, self.dtype)
-        features = model.vision_model(flattened_patches=patches).last_hidden_state
-        image_embeds = torch.nn.functional.normalize(features, dim=-1)
-        image_embeds = model.image_to_text_projection(image_embeds)[0]
-        del features, patches
-
-        input_ids = self.input_ids.expand(count, -1)
-        image_mask = self.image_mask.expand(count, -1)
-        embeds = transformer.embed_tokens(input_ids).clone()
-        embeds[image_mask == 1] = image_embeds.to(embeds.device, embeds.dtype).view(-1, image_embeds.shape[-1])
-        embeds = embeds * transformer.embed_scale
-        position_ids = transformer.embed_positions.create_position_ids_from_input_ids(input_ids, self.padding_idx, 0)
-        positions = transformer.embed_positions(input_ids=input_ids, position_ids=position_ids).to(embeds.device)
-        positions += transformer.segment_emb(image_mask.ne(0).long()).to(positions.device)
-        hidden = embeds + positions
-        del embeds, positions, image_embeds
-
-        cache.start_prefill(slice(first_row, first_row + count), self.prompt_length)
-        mask = None if self.attention != "eager" else self._causal_mask(self.prompt_length)
-        hidden = run_decoder_layers(transformer.layers, hidden, mask, {self._cache_keyword: cache})
-        last = transformer.layer_norm(hidden[:, -1:])
-        logits = model.text_model.lm_head(last)[:, -1]
+        """Prefill a group of (key, page) into rows first_row..; their first tokens and log-probabilities."""
+        logits = self.passes.prefill(cache, [page for _key, page in group], first_row)
         keys = [key for key, _page in group]
-        return self._choose(logits, keys, [0] * count, logits_hook)
+        return self._choose(logits, keys, [0] * len(group), logits_hook)
 
     def _step(self, cache: SlotCache, rows: list[_Row], logits_hook) -> None:
         """One decoding step for every active row: one new token each."""
-        import torch
-
-        transformer = self.transformer
-        count = len(rows)
-        lengths = [row.length for row in rows]
-        cache.reserve(max(lengths) + 1, count)
-        width = max(lengths) + 1 if self.read_used_width else cache.capacity
-        input_ids = torch.tensor([[row.tokens[-1]] for row in rows], device=self.device)
-        positions_now = torch.tensor(lengths, device=self.device)
-        embeds = transformer.embed_tokens(input_ids) * transformer.embed_scale
-        # `generate` passes the cache length; the same function turns it into positions.
-        position_ids = transformer.embed_positions.create_position_ids_from_input_ids(
-            input_ids, self.padding_idx, positions_now[:, None]
-        )
-        positions = transformer.embed_positions(input_ids=input_ids, position_ids=position_ids).to(embeds.device)
-        zero_segment = torch.zeros((count, 1), dtype=torch.long, device=transformer.segment_emb.weight.device)
-        positions += transformer.segment_emb(zero_segment).to(positions.device)
-        hidden = embeds + positions
-
-        cache.start_step(positions_now, width)
-        mask = self._key_mask(positions_now, width)
-        hidden = self._step_layers(self.transformer.layers, hidden, mask, {self._cache_keyword: cache})
-        logits = self.model.text_model.lm_head(transformer.layer_norm(hidden))[:, -1]
+        last_tokens, lengths = [row.tokens[-1] for row in rows], [row.length for row in rows]
+        logits = self.passes.step(cache, last_tokens, lengths, self.read_used_width)
         keys = [row.key for row in rows]
         tokens, logprobs = self._choose(logits, keys, [len(row.tokens) for row in rows], logits_hook)
         for row, token, logprob in zip(rows, tokens, logprobs):
@@ -316,7 +227,7 @@ class ContinuousDecoder:
             row.logprobs.append(logprob)
             row.length += 1
         self.stats.decode_steps += 1
-        self.stats.row_steps += count
+        self.stats.row_steps += len(rows)
 
     def _choose(self, logits, keys, generated: list[int], logits_hook):
         """Greedy choice per row and its log-probability; nothing vocabulary-sized is kept."""
@@ -336,22 +247,6 @@ class ContinuousDecoder:
         # One transfer for both: the host needs the tokens to decide which rows end.
         both = torch.stack([tokens.to(torch.float64), logprobs.to(torch.float64)]).tolist()
         return [int(token) for token in both[0]], both[1]
-
-    def _key_mask(self, lengths, width: int):
-        """[rows, 1, 1, width]: row r attends to its positions 0..lengths[r] (the new token's too)."""
-        import torch
-
-        allowed = torch.arange(width, device=lengths.device)[None, :] <= lengths[:, None]
-        allowed = allowed[:, None, None, :]
-        if self.attention == "eager":
-            return _additive(allowed, self.dtype)
-        return allowed
-
-    def _causal_mask(self, length: int):
-        import torch
-
-        allowed = torch.ones(length, length, dtype=torch.bool, device=self.device).tril_()
-        return _additive(allowed[None, None], self.dtype)
 
     # -- slot bookkeeping --
 
@@ -388,28 +283,6 @@ class ContinuousDecoder:
         if row.tokens[-1] == self.eos_token_id or count >= self.max_new_tokens:
             return True
         return self.stop_on_loops and count % LOOP_CHECK_EVERY == 0 and find_loop(row.tokens) is not None
-
-
-@functools.cache
-def _compiled_layers():
-    """`run_layers` under inductor, compiled once per process and shared by every decoder.
-
-    Decoding steps' many small operations are fused into fewer kernels. Shapes are dynamic
-    (rows and cache capacity change as pages come and go), so it compiles a few times per
-    process, not once per shape. Prefills stay eager: one call per page.
-    """
-    import torch
-
-    return torch.compile(run_layers, dynamic=True)
-
-
-def _additive(allowed, dtype):
-    """A boolean mask as eager attention takes it: 0 where allowed, the dtype's minimum elsewhere."""
-    import torch
-
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
-        ~allowed, torch.finfo(dtype).min
-    )
 
 
 def configured_logits_settings(model) -> list[str]:

@@ -38,24 +38,31 @@ from .packed import packed_for, product_add, product_gelu, product_mul
 _GELU_POST_OPS = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 
 
-def run_decoder_layers(layers, hidden, mask, cache_argument: dict):
+def run_decoder_layers(layers, hidden, mask, cache_argument: dict, last_position_only: bool = False):
     """`hidden` [rows, positions, embed_dim] through every layer of `layers` (Kosmos2_5TextBlock),
     as their forward would: a decoding step's one position per row, or a prompt's (`mask`
     None: causal). `mask` is the keys' attention mask, `cache_argument` the single keyword
-    that hands the layers their key/value cache."""
+    that hands the layers their key/value cache.
+
+    With `last_position_only` the result is [rows, 1, embed_dim], the last position's: the last
+    layer then computes only that position's output (a prompt's other outputs are never read;
+    the keys and values the cache keeps come from every position's input, and are all stored).
+    """
     import torch.nn.functional as F
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     if not layers:
-        return hidden
+        return hidden[:, -1:] if last_position_only else hidden
     if any(layer.training for layer in layers):  # dropout would apply: the modules know how
-        return run_layers(layers, hidden, mask, cache_argument)
+        hidden = run_layers(layers, hidden, mask, cache_argument)
+        return hidden[:, -1:] if last_position_only else hidden
     (cache,) = cache_argument.values()
     config = layers[0].self_attn.config
     attention = ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, _eager_attention())
     gelu = _GELU_POST_OPS.get(config.activation_function)
     shape = hidden.shape[:-1]
     rows = shape.numel()
+    last_layer = layers[-1]
     for layer in layers:
         block = layer.self_attn
         norm = layer.self_attn_layer_norm
@@ -63,6 +70,12 @@ def run_decoder_layers(layers, hidden, mask, cache_argument: dict):
         heads = (*shape, -1, block.head_dim)
         keys = block.k_proj(normed).view(heads).transpose(1, 2)
         values = block.v_proj(normed).view(heads).transpose(1, 2)
+        if last_position_only and layer is last_layer and shape[-1] > 1:
+            # A single query sees every key: no causal mask (an explicit one keeps its last row).
+            hidden, normed = hidden[:, -1:], normed[:, -1:]
+            mask = None if mask is None else mask[..., -1:, :]
+            shape = hidden.shape[:-1]
+            rows, heads = shape.numel(), (*shape, -1, block.head_dim)
         queries = block.scaling * block.q_proj(normed).view(heads).transpose(1, 2)
         keys, values = cache.update(keys, values, block.layer_idx)
         attended, _weights = attention(block, queries, keys, values, mask, dropout=0.0, scaling=1.0)

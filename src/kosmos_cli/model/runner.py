@@ -152,7 +152,8 @@ class ModelRunner:
     def supports_continuous_batching(self) -> bool:
         """Whether `decode_stream` can run this model: it needs per-row key masks (not
         flash attention) and applies no logits processors (none configured)."""
-        from .decode_loop import SUPPORTED_ATTENTION, configured_logits_settings
+        from .decode_loop import configured_logits_settings
+        from .decode_passes import SUPPORTED_ATTENTION
 
         return self.attention in SUPPORTED_ATTENTION and not configured_logits_settings(self.model)
 
