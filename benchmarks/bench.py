@@ -220,7 +220,8 @@ def run_kosmos25(checkpoint: Path, page_files: list[Path], out_dir: Path, args) 
     from kosmos_cli.inputs.documents import PageOptions, collect_documents
     from kosmos_cli.run.pipeline import Pipeline, RunRequest
     from kosmos_cli.run.progress import PlainReporter
-    from kosmos_cli.model.runner import ModelRunner, RunnerSettings, auto_batch_size
+    from kosmos_cli.model.batch_size import auto_batch_size
+    from kosmos_cli.model.runner import ModelRunner, RunnerSettings
     from kosmos_cli.outputs.files import DirectorySink
     from kosmos_cli.outputs.formats import FORMATS, RenderOptions
 

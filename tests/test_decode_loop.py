@@ -21,7 +21,8 @@ import tiny_checkpoint
 from kosmos_cli.model import decode_loop, decode_passes, runner as runner_module
 from kosmos_cli.model.cpu_attention import CPU_ATTENTION, CpuKernels, register_cpu_attention
 from kosmos_cli.model.decode_loop import ContinuousDecoder
-from kosmos_cli.model.runner import ModelRunner, RunnerSettings, finish_row
+from kosmos_cli.model.records import finish_row
+from kosmos_cli.model.runner import ModelRunner, RunnerSettings
 
 pytestmark = pytest.mark.model
 

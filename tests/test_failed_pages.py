@@ -81,7 +81,7 @@ def test_a_page_the_model_fails_on_costs_only_itself(tmp_path):
     and the page that fails alone is recorded; the TSV leaves it out."""
     from kosmos_cli.errors import GenerationFailed
     from kosmos_cli.inputs.documents import PageOptions, collect_documents
-    from kosmos_cli.model.runner import RawOutput
+    from kosmos_cli.model.records import RawOutput
     from kosmos_cli.outputs.files import DirectorySink
     from kosmos_cli.outputs.formats import FORMATS, RenderOptions
     from kosmos_cli.run.pipeline import Pipeline, RunRequest
@@ -113,7 +113,7 @@ def test_a_stream_that_fails_costs_only_the_page_that_fails_alone(tmp_path):
     pages in flight; those are read alone, page 2 is recorded failed, the stream goes on."""
     from kosmos_cli.errors import GenerationFailed
     from kosmos_cli.inputs.documents import PageOptions, collect_documents
-    from kosmos_cli.model.runner import RawOutput
+    from kosmos_cli.model.records import RawOutput
     from kosmos_cli.outputs.files import DirectorySink
     from kosmos_cli.outputs.formats import FORMATS, RenderOptions
     from kosmos_cli.run.pipeline import Pipeline, RunRequest

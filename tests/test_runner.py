@@ -6,14 +6,7 @@ import pytest
 from PIL import Image
 
 import tiny_checkpoint
-from kosmos_cli.model.runner import (
-    CPU_BATCH_LIMIT,
-    CUDA_BATCH_LIMIT,
-    ModelRunner,
-    RunnerSettings,
-    auto_batch_size,
-    finish_row,
-)
+from kosmos_cli.model.runner import ModelRunner, RunnerSettings
 
 pytestmark = pytest.mark.model
 
@@ -69,12 +62,6 @@ def test_batched_logits_match_single_page_logits(random_model):
     assert not torch.allclose(alone[0], alone[2])  # the pages do differ, so the check has teeth
 
 
-def test_auto_batch_size_is_bounded(trained_model):
-    runner = ModelRunner(RunnerSettings(model=str(trained_model)))
-    limit = CUDA_BATCH_LIMIT if runner.device.startswith("cuda") else CPU_BATCH_LIMIT
-    assert 1 <= auto_batch_size(runner) <= limit
-
-
 def test_looping_generation_stopped_early_and_flagged(random_model, monkeypatch):
     # This random checkpoint starts with 12 copies of one coordinate token and drifts on
     # with runs of up to ~40; with the loop threshold lowered to 8 copies its first run is a loop.
@@ -86,16 +73,6 @@ def test_looping_generation_stopped_early_and_flagged(random_model, monkeypatch)
     output = runner.generate(_images()[:1], "ocr")[0]
     assert output.looping and not output.truncated
     assert output.text.count("<") == 1  # one token repeated; the repeats cut to one copy
-
-
-def test_finish_row_cuts_batch_padding_after_eos():
-    eos, pad = 2, 1
-    # A page that finished early in a batch whose other page ran on: 100 pad tokens after EOS.
-    assert finish_row([5, 6, 7, eos] + [pad] * 100, eos) == ([5, 6, 7, eos], False, False)
-    assert finish_row([5, 6] * 3, eos) == ([5, 6] * 3, True, False)  # no EOS, no loop: truncated
-    looped = [9] + [4] * 100
-    assert finish_row(looped, eos) == ([9, 4], False, True)
-    assert finish_row(looped, eos, detect_loops=False) == (looped, True, False)
 
 
 def test_confidences_do_not_depend_on_batching(random_model):
@@ -128,20 +105,6 @@ def test_confidence_is_the_chosen_tokens_probability(trained_model):
     assert output.confidence == pytest.approx(math.exp(sum(chosen) / len(chosen)), rel=1e-5)
     # The trained checkpoint is sure of its answer.
     assert all(c > 0.9 for c in output.segment_confidences[1:])
-
-
-def test_segment_confidences_split_at_box_tokens_and_skip_eos():
-    import math
-
-    from kosmos_cli.model.runner import segment_confidences
-
-    box, eos = 7, 2
-    tokens = [box, 11, 12, box, 13, eos]
-    logprobs = [math.log(0.5), math.log(0.5), math.log(0.5), math.log(0.9), math.log(0.1), math.log(0.01)]
-    parts = segment_confidences(tokens, logprobs, box, eos)
-    assert parts[0] is None  # nothing before the first box
-    assert parts[1] == pytest.approx(0.5)
-    assert parts[2] == pytest.approx(math.sqrt(0.9 * 0.1))  # the end token belongs to no line
 
 
 def test_compile_setting_reaches_the_decoding_steps(trained_model):

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Union
 from .errors import InputError, InputNotFound, UsageError
 from .inputs.documents import DEFAULT_MAX_PIXELS, Document, PageOptions, parse_page_selection
 from .model.loading import default_model
-from .model.runner import ModelRunner, RunnerSettings, auto_batch_size
+from .model.batch_size import auto_batch_size
+from .model.runner import ModelRunner, RunnerSettings
 from .outputs.files import write_atomic_bytes
 from .outputs.formats import RenderOptions, format_for_path, output_format
 from .results import DocumentResult

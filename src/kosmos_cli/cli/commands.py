@@ -20,7 +20,7 @@ from ..errors import ExitCode
 from ..inputs.documents import DEFAULT_MAX_PIXELS
 from ..outputs.formats import RenderOptions
 from ..run.app import Job, OutputOptions
-from ..run.distributed import optional_ray_value
+from ..run.ray_connect import optional_ray_value
 from ..run.progress import PREFIX, PlainReporter
 from .common import guarded, input_paths, page_options, ray_options, runner_settings, start_reporter
 from .options import (

@@ -16,7 +16,7 @@ from ..errors import ExitCode, KosmosError, UsageError
 from ..inputs.documents import PageOptions, parse_page_selection
 from ..model.loading import default_model
 from ..model.runner import RunnerSettings
-from ..run.distributed import RayOptions, is_ray_address
+from ..run.ray_connect import RayOptions, is_ray_address
 from ..run.progress import PlainReporter
 from .options import Attn, Batching, Dtype
 

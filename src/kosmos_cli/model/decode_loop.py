@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .decode_passes import DecoderPasses
 from .repetition import find_loop
-from .runner import RawOutput, finish_row
+from .records import RawOutput, finish_row
 from .slot_cache import CACHE_ALIGN, SlotCache, round_up
 
 if TYPE_CHECKING:
-    from .runner import PreparedPage
+    from .records import PreparedPage
 
 # Same cadence as runner._stop_on_loop: `generate` checks for loops every 8 new tokens,
 # so a page is stopped at the same step in both.

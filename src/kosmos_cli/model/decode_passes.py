@@ -29,7 +29,7 @@ from .cpu_attention import CPU_ATTENTION
 from .fused_layers import run_decoder_layers, run_layers
 
 if TYPE_CHECKING:
-    from .runner import PreparedPage
+    from .records import PreparedPage
     from .slot_cache import SlotCache
 
 # Attention implementations a decoding step can give a per-row key mask to.

@@ -7,16 +7,16 @@ the model works); `generate_prepared` reads a batch of prepared pages in one gre
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .batch_size import CPU_BATCH_LIMIT, auto_batch_size
 from .compat import cache_keyword
 from .cpu_attention import CPU_ATTENTION, CpuKernels, measure_cpu_kernels, register_cpu_attention
 from ..errors import GenerationFailed, UsageError
 from .loading import ATTENTION_KINDS, DEFAULT_MODEL, load_model, resolve_device, resolve_dtype
-from .repetition import find_loop, trim_loop
+from .records import PreparedPage, RawOutput, finish_row, mean_probability, segment_confidences
+from .repetition import find_loop
 from .fused_layers import fuse_vision_layers
 from .packed import MANY_ROWS, float32_products_faster, pack_linear_weights
 from .speedups import (
@@ -31,9 +31,6 @@ if TYPE_CHECKING:
 
 TASK_PROMPTS = {"ocr": "<ocr>", "md": "<md>"}
 BOX_TOKEN = "<bbox>"
-# Slots (pages decoding together) at most on CPU and on CUDA; see auto_batch_size.
-CPU_BATCH_LIMIT = 12
-CUDA_BATCH_LIMIT = 16
 
 
 @dataclass(frozen=True)
@@ -55,34 +52,6 @@ class RunnerSettings:
     stop_on_loops: bool = True
     # Continuous batching's decoding steps under torch.compile (--compile; README, Speed).
     compile: bool = False
-
-
-@dataclass(frozen=True)
-class PreparedPage:
-    """One page as the model takes it: its patches and the size the processor resized it to."""
-
-    flattened_patches: Any
-    resized_width: int
-    resized_height: int
-
-
-@dataclass(frozen=True)
-class RawOutput:
-    """The model's text for one page and the size of the image it actually saw.
-
-    `segment_confidences`: one per part of the output that starts at a `<bbox>` token
-    (the first part is what precedes the first box, usually nothing), as parsing splits
-    the text; `confidence`: the whole page's. Both are geometric means of the chosen
-    tokens' probabilities, None where there were no tokens.
-    """
-
-    text: str
-    resized_width: int
-    resized_height: int
-    truncated: bool
-    looping: bool = False
-    segment_confidences: tuple[float | None, ...] = ()
-    confidence: float | None = None
 
 
 class ModelRunner:
@@ -273,41 +242,6 @@ class ModelRunner:
             raise GenerationFailed(f"model failed: {first_line}") from exc
 
 
-def mean_probability(logprobs: list[float]) -> float | None:
-    """Geometric mean of the probabilities whose logarithms are given; None for none."""
-    return math.exp(sum(logprobs) / len(logprobs)) if logprobs else None
-
-
-def segment_confidences(
-    tokens: list[int], logprobs: list[float], box_token_id: int, eos_token_id: int
-) -> tuple[float | None, ...]:
-    """Confidence of each part of the output that starts at a `<bbox>` token.
-
-    The first part holds the tokens before the first box (usually none). The end
-    token belongs to no line. Parsing splits the decoded text at the same places.
-    """
-    parts: list[list[float]] = [[]]
-    for token, logprob in zip(tokens, logprobs):
-        if token == box_token_id:
-            parts.append([])
-        if token != eos_token_id:
-            parts[-1].append(logprob)
-    return tuple(mean_probability(part) for part in parts)
-
-
-def finish_row(row: list[int], eos_token_id: int, detect_loops: bool = True) -> tuple[list[int], bool, bool]:
-    """One page's generated tokens -> (tokens, truncated, looping).
-
-    A page that ended before others in its batch is padded after its EOS; the row is
-    cut there, so padding is never mistaken for a loop. A row without EOS either
-    stopped repeating itself (looping) or ran into max_new_tokens (truncated).
-    """
-    if eos_token_id in row:
-        return row[: row.index(eos_token_id) + 1], False, False
-    tokens, looping = trim_loop(row) if detect_loops else (row, False)
-    return tokens, not looping, looping
-
-
 def _chosen_token_logprobs():
     """A logits processor that records, per step, the log-probability of the greedy choice.
 
@@ -342,45 +276,3 @@ def _stop_on_loop(prompt_length: int, every: int = 8):
             return done
 
     return StopOnLoop()
-
-
-def _available_memory_bytes(device: str) -> int:
-    import torch
-
-    if device.startswith("cuda"):
-        free, _total = torch.cuda.mem_get_info(torch.device(device))
-        return free
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 * 1024**3
-
-
-def auto_batch_size(runner: ModelRunner) -> int:
-    """Pages per `generate` call that fit in half of the free memory of the device.
-
-    Per page: the decoder's key/value cache for prompt + max_new_tokens, plus, with
-    eager vision attention, its attention scores for one layer (its largest transient).
-    Capped at 12 on CPU, where a decoding step is bound by reading the weights and the
-    cache from memory, so more busy slots share each read of the weights (measured,
-    full-size model, bf16, 2 cores with AMX: 45.5 ms per token per page with 4 busy slots,
-    31.8 with 8; runs of 24 ragged pages (`bench.py --ragged --pages 24`): 8 slots 1.20x
-    as fast as 4; later 12 slots 1.14x as fast as 8 and 16 no faster than 12 (peak RSS
-    8.1, 10.3, 12.4 GB)), and at 16 on GPUs.
-    """
-    import torch
-
-    limit = CUDA_BATCH_LIMIT if runner.device.startswith("cuda") else CPU_BATCH_LIMIT
-    config = runner.model.config
-    text, vision = config.text_config, config.vision_config
-    element = torch.finfo(runner.dtype).bits // 8
-    tokens = 4 + config.latent_query_num + runner.settings.max_new_tokens
-    kv_cache = 2 * text.layers * text.embed_dim * tokens * element
-    attention_scores = (
-        0 if runner.fast_vision_attention else vision.num_attention_heads * runner.max_patches**2 * (element + 4)
-    )
-    budget = _available_memory_bytes(runner.device) // 2
-    return max(1, min(limit, budget // (kv_cache + attention_scores)))

@@ -17,7 +17,7 @@ from ..outputs.drawing import PageDrawer
 from ..outputs.files import DirectorySink, StdoutSink, check_folder_writable
 from ..outputs.formats import RenderOptions, output_format
 from .pipeline import RunSummary
-from .distributed import RayOptions
+from .ray_connect import RayOptions
 from .ray_worker import WorkerSetup
 from .progress import PlainReporter
 

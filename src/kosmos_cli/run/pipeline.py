@@ -20,7 +20,7 @@ from ..errors import ExitCode, GenerationFailed, InputError
 from ..inputs.documents import Document, Page, PageFailure, PageOptions, iter_page_outcomes
 from ..parsing import clean_markdown, parse_ocr
 from ..results import DocumentResult, PageResult, Unfinished
-from ..model.runner import RawOutput
+from ..model.records import RawOutput
 
 
 class Sink(Protocol):

@@ -13,7 +13,7 @@ from ..errors import InputError
 from ..inputs.documents import Document
 from .pipeline import RunSummary
 from ..results import DocumentResult
-from ..model.runner import RawOutput
+from ..model.records import RawOutput
 
 PREFIX = "kosmos25"
 

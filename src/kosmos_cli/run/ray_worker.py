@@ -13,7 +13,8 @@ from dataclasses import dataclass, replace
 
 from ..errors import InputError, KosmosError
 from ..inputs.documents import Document, PageOptions
-from ..model.runner import RawOutput, RunnerSettings
+from ..model.records import RawOutput
+from ..model.runner import RunnerSettings
 from ..results import DocumentResult, PageResult, Unfinished
 from .pipeline import PageObserver
 
