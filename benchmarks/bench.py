@@ -569,7 +569,7 @@ def main() -> None:
     parser.add_argument("--max-patches", type=int, default=4096)
     parser.add_argument("--skip-reference", action="store_true", help="time kosmos25 only")
     parser.add_argument("--only", choices=["reference", "kosmos25"], help="run one way only, for timing whole "
-                        "processes from outside (farm-bench ... --vs ...)")  # fmt: skip
+                        "processes from outside (e.g. /usr/bin/time -v)")  # fmt: skip
     parser.add_argument("--receipts", action="store_true", help="receipt-sized pages only (default: receipt, A4, ...)")
     parser.add_argument("--cache", type=Path, default=REPO / ".cache" / "bench-full-random")
     ragged = parser.add_argument_group("ragged workload (--ragged)")
