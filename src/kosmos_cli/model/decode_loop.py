@@ -142,7 +142,6 @@ class ContinuousDecoder:
                                     compile_steps=compile_steps)  # fmt: skip
         self.prompt_length = self.passes.prompt_length
         self.stats = LoopStats()
-        self.read_used_width = self.device.type == "cpu"  # see SlotCache
 
     def run(
         self,
@@ -206,9 +205,8 @@ class ContinuousDecoder:
     def new_cache(self) -> SlotCache:
         """Empty key/value buffers for this decoder's slots (allocated on first use)."""
         config = self.model.config.text_config
-        heads = config.attention_heads
-        layers, head_dim = len(self.passes.transformer.layers), config.embed_dim // heads
-        return SlotCache(self.slots, layers, heads, head_dim, self.capacity_limit, self.dtype, self.device)
+        heads, head_dim = config.attention_heads, config.embed_dim // config.attention_heads
+        return SlotCache(self.slots, config.layers, heads, head_dim, self.capacity_limit, self.dtype, self.device)
 
     def _prefill(self, cache: SlotCache, group, first_row: int, logits_hook):
         """Prefill a group of (key, page) into rows first_row..; their first tokens and log-probabilities."""
@@ -219,7 +217,7 @@ class ContinuousDecoder:
     def _step(self, cache: SlotCache, rows: list[_Row], logits_hook) -> None:
         """One decoding step for every active row: one new token each."""
         last_tokens, lengths = [row.tokens[-1] for row in rows], [row.length for row in rows]
-        logits = self.passes.step(cache, last_tokens, lengths, self.read_used_width)
+        logits = self.passes.step(cache, last_tokens, lengths)
         keys = [row.key for row in rows]
         tokens, logprobs = self._choose(logits, keys, [len(row.tokens) for row in rows], logits_hook)
         for row, token, logprob in zip(rows, tokens, logprobs):

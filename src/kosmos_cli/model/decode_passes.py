@@ -70,6 +70,7 @@ class DecoderPasses:
         self._extend_position_table(self.padding_idx + 1 + max_positions + 1)
         self.cache_keyword = cache_keyword()
         self.step_layers = _compiled_layers() if compile_steps else run_decoder_layers
+        self.read_used_width = self.device.type == "cpu"  # see SlotCache
 
     def _extend_position_table(self, needed: int) -> None:
         # The table grows only when an eager forward computes a longer length than it has;
@@ -108,16 +109,16 @@ class DecoderPasses:
         last = run_decoder_layers(transformer.layers, hidden, mask, cache_argument, last_position_only=True)
         return model.text_model.lm_head(transformer.layer_norm(last))[:, -1]
 
-    def step(self, cache: SlotCache, last_tokens: list[int], lengths: list[int], read_used_width: bool):
+    def step(self, cache: SlotCache, last_tokens: list[int], lengths: list[int]):
         """One decoding step: row i takes `last_tokens[i]` at position `lengths[i]` (its cache
-        length); returns the next tokens' logits [rows, vocab]. `read_used_width`: attention reads
-        only the positions the longest row uses, not the buffers' whole capacity (see SlotCache)."""
+        length); returns the next tokens' logits [rows, vocab]. On CPU attention reads only the
+        positions the longest row uses, not the buffers' whole capacity (see SlotCache)."""
         import torch
 
         transformer = self.transformer
         count = len(lengths)
         cache.reserve(max(lengths) + 1, count)
-        width = max(lengths) + 1 if read_used_width else cache.capacity
+        width = max(lengths) + 1 if self.read_used_width else cache.capacity
         input_ids = torch.tensor([[token] for token in last_tokens], device=self.device)
         positions_now = torch.tensor(lengths, device=self.device)
         embeds = transformer.embed_tokens(input_ids) * transformer.embed_scale
