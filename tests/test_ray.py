@@ -1,5 +1,5 @@
 """`--ray`: the same run on Ray workers gives the same files, messages and exit codes as
-a local run, resumes, survives a worker killed mid-run, and joins a separately
+a local run, resumes, survives a worker killed mid-run or while loading, and joins a separately
 started cluster with `--ray auto`. Every test shares one local Ray instance."""
 
 from __future__ import annotations
@@ -112,14 +112,54 @@ def test_a_file_that_keeps_killing_workers_is_failed_after_3_tries(tmp_path, ran
     assert "0 done, 0 skipped, 1 failed" in stderr and not (tmp_path / "out" / "poison.json").exists()
 
 
-def _busy_worker_pid() -> int | None:
-    """A Ray worker process in the middle of `KosmosWorker.read` (Ray names the process so)."""
+def _busy_worker_pid(method: str = "read") -> int | None:
+    """A Ray worker process in the middle of `KosmosWorker.<method>` (Ray names the process
+    so; `__init__`: loading the model)."""
     listing = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
     for line in listing.splitlines():
         pid, _, command = line.strip().partition(" ")
-        if command.startswith("ray::KosmosWorker.read"):
+        if command.split(" ")[0] == f"ray::KosmosWorker.{method}":
             return int(pid)
     return None
+
+
+def _kill_loading_workers(args: list[str], env: dict, times: int) -> tuple[subprocess.Popen, str, int]:
+    """Run `args`, killing up to `times` workers while they load the model."""
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
+    kills, deadline = 0, time.monotonic() + 120
+    while kills < times and proc.poll() is None and time.monotonic() < deadline:
+        pid = _busy_worker_pid("__init__")
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            kills += 1
+            while _busy_worker_pid("__init__") == pid:
+                time.sleep(0.02)
+        time.sleep(0.02)
+    _, stderr = proc.communicate(timeout=240)
+    return proc, stderr, kills
+
+
+def test_a_worker_killed_while_loading_is_replaced_and_one_that_keeps_dying_ends_the_run(
+    tmp_path, random_model, ray_address
+):
+    Image.new("RGB", (300, 200), "white").save(tmp_path / "scan.png")
+    args = [str(KOSMOS25), "ocr", str(tmp_path / "scan.png"), "--model", str(random_model),
+            "--max-new-tokens", "20", "--ray", "--workers", "1"]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ray_address}
+
+    # Once: the replacement loads and reads the file; no file is charged a try.
+    proc, stderr, kills = _kill_loading_workers([*args, "-o", str(tmp_path / "once")], env, times=1)
+    assert kills == 1 and proc.returncode == 0, stderr
+    assert "1 done, 0 skipped, 0 failed" in stderr and (tmp_path / "once" / "scan.json").is_file()
+
+    # Three times in a row: the model cannot be brought up; exit 3 with one line, nothing written.
+    proc, stderr, kills = _kill_loading_workers([*args, "-o", str(tmp_path / "never")], env, times=3)
+    assert kills == 3 and proc.returncode == 3, stderr
+    errors = [line for line in stderr.splitlines() if "error" in line]
+    assert errors == [errors[0]] and errors[0].startswith(
+        "kosmos25: error: --ray: workers died while loading the model, 3 times in a row ("
+    ), stderr
+    assert not (tmp_path / "never").exists() or not list((tmp_path / "never").iterdir())
 
 
 def test_joins_a_separately_started_cluster_with_ray_auto(tmp_path, trained_model, ray_address):

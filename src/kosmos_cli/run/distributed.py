@@ -9,7 +9,9 @@ local run, so outputs, sidecars, resume, messages and exit codes are the local o
 
 A worker that dies is replaced and its unfinished work redone; work that was shared
 with others is then tried one document (or range) at a time, so a file that kills
-workers is found and failed after `max_attempts` tries, costing only itself.
+workers is found and failed after `max_attempts` tries, costing only itself. A worker
+that dies while loading the model is replaced without charging any work; `max_attempts`
+such deaths in a row end the run (ModelUnavailable).
 
 Ray is imported only when `--ray` is given (`ray_connect.connect`).
 """
@@ -74,6 +76,7 @@ class RayRun:
         self.attempts: dict[int, int] = {}
         self.ray = None
         self.cpus_each = 1.0
+        self.announced = False  # the workers' model was reported
 
     def run(self, documents: list[Document]) -> None:
         """Read every document not done yet; fills `self.summary`. Raises ModelUnavailable
@@ -157,19 +160,9 @@ class RayRun:
         return count, float(int(cpus // count)) if cpus >= count else cpus / count
 
     def _start_workers(self) -> list:
-        from ray.exceptions import RayActorError
-
+        """The pool's actors, each starting to load the model (`_drive` waits for them)."""
         count, self.cpus_each = self._worker_count()
-        workers = [self._new_worker() for _ in range(count)]
-        try:
-            answers = self.ray.get([worker.ready.remote() for worker in workers])
-        except RayActorError as exc:
-            raise ModelUnavailable(f"--ray: a worker died while loading the model ({exc})") from None
-        for ready in answers:
-            if isinstance(ready, KosmosError):
-                raise ready
-        self.reporter.info(f"{ready} in each of {count} Ray worker{'s' * (count != 1)}")
-        return workers
+        return [self._new_worker() for _ in range(count)]
 
     def _new_worker(self):
         resources = self.ray.cluster_resources()
@@ -183,9 +176,11 @@ class RayRun:
     def _drive(self, queue: deque[_Task], workers: list) -> None:
         from ray.exceptions import RayActorError, RayTaskError
 
-        running: dict = {}  # future -> (worker index, task)
-        idle = list(range(len(workers)))
-        while queue or running:
+        # future -> (worker index, its task; None: the worker's `ready`, while it loads the model)
+        running: dict = {worker.ready.remote(): (index, None) for index, worker in enumerate(workers)}
+        idle: list[int] = []
+        load_deaths = [0] * len(workers)  # in a row, per place in the pool
+        while queue or any(task is not None for _, task in running.values()):
             while queue and idle:
                 index = idle.pop()
                 task = queue.popleft()
@@ -196,24 +191,44 @@ class RayRun:
             future = done[0]
             index, task = running.pop(future)
             try:
-                outcomes = self.ray.get(future)
-            except RayActorError:
-                # The worker died (killed, out of memory, crashed in native code): replace it
-                # and redo its work, one unit at a time so a unit that kills is found.
+                answer = self.ray.get(future)
+            except RayActorError as error:
+                if task is None:
+                    load_deaths[index] += 1
+                    self._check_load_death(error, load_deaths[index])
+                # The worker died (killed, out of memory, crashed in native code, its node
+                # gone): replace it, and redo its work one unit at a time so a unit that kills
+                # is found. Deaths while loading are not charged to any unit.
                 self.ray.kill(workers[index])
                 workers[index] = self._new_worker()
-                self._retry(queue, task, "a worker died while reading it")
-                idle.append(index)
+                running[workers[index].ready.remote()] = (index, None)
+                if task is not None:
+                    self._retry(queue, task, "a worker died while reading it")
                 continue
             except RayTaskError as error:
                 self._retry(queue, task, f"worker error ({error.cause if error.cause else error})")
                 idle.append(index)
                 continue
+            if isinstance(answer, KosmosError):
+                raise answer  # the model cannot be loaded, or a run-wide error (--draw)
             idle.append(index)
-            if isinstance(outcomes, KosmosError):
-                raise outcomes
-            for outcome in outcomes:
+            if task is None:
+                load_deaths[index] = 0
+                if not self.announced:
+                    self.announced = True
+                    self.reporter.info(f"{answer} in each of {len(workers)} Ray worker{'s' * (len(workers) != 1)}")
+                continue
+            for outcome in answer:
                 self._finish_unit(outcome)
+
+    def _check_load_death(self, error, deaths: int) -> None:
+        """Raise ModelUnavailable when a worker cannot load the model: its `__init__`
+        raised, or its replacements kept dying while loading (`max_attempts` in a row)."""
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if error.actor_init_failed:
+            raise ModelUnavailable(f"--ray: a worker could not load the model ({reason})")
+        if deaths >= self.options.max_attempts:
+            raise ModelUnavailable(f"--ray: workers died while loading the model, {deaths} times in a row ({reason})")
 
     def _started(self, unit: WorkUnit) -> None:
         work = self.work[unit.key]
