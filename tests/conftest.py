@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import tiny_checkpoint
+from forked_cli import ForkedCommand
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache" / "tiny-checkpoints"
@@ -65,23 +66,36 @@ def random_model() -> Path:
     return _cached_checkpoint("random", tiny_checkpoint.build_random_checkpoint)
 
 
-def run_cli(*args: str, stdin: bytes | None = None, cwd: Path | None = None, env: dict | None = None):
+_forked: ForkedCommand | None = None
+
+
+def run_cli(*args: str, stdin: bytes | None = None, cwd: Path | None = None, env: dict | None = None,
+            fresh: bool = False):  # fmt: skip
     """Run the installed `kosmos25` command; returns the CompletedProcess (text output).
-    `env` adds to (a value of None: removes from) the environment."""
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    `env` adds to (a value of None: removes from) the environment. The command is forked
+    from a process that has imported torch (`forked_cli`) unless `env` changes what is read
+    at start-up, `fresh` asks for the real start (to see start-up itself), or the variable
+    KOSMOS25_TESTS_FRESH=1 asks it for every call (to rule the fork out)."""
+    global _forked
+    base_env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    base_env.pop("KOSMOS25_MODEL", None)
+    full_env = {**base_env, **(env or {})}
     full_env = {key: value for key, value in full_env.items() if value is not None}  # None: unset it
-    full_env.pop("KOSMOS25_MODEL", None)
-    result = subprocess.run(
-        [str(KOSMOS25), *args],
-        input=stdin,
-        capture_output=True,
-        cwd=cwd,
-        env=full_env,
-        timeout=300,
-    )
+    if _forked is None:
+        _forked = ForkedCommand(base_env)
+    if fresh or os.environ.get("KOSMOS25_TESTS_FRESH") == "1" or not _forked.can_run(full_env):
+        result = subprocess.run([str(KOSMOS25), *args], input=stdin, capture_output=True, cwd=cwd, env=full_env,
+                                timeout=300)  # fmt: skip
+    else:
+        result = _forked.run([str(KOSMOS25), *args], full_env, stdin, cwd, timeout=300)
     result.stdout = result.stdout.decode("utf-8")
     result.stderr = result.stderr.decode("utf-8")
     return result
+
+
+def pytest_unconfigure(config) -> None:
+    if _forked is not None:
+        _forked.close()
 
 
 @pytest.fixture(scope="session")

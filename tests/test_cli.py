@@ -228,9 +228,9 @@ def test_stderr_holds_only_kosmos25s_own_lines(tmp_path, trained_model):
     Image.new("RGB", (400, 200), "white").save(tmp_path / "r.png")
     # Warnings raised inside torch/transformers would show up here (transformers 5.24 warned on every run).
     env = {"PYTHONWARNINGS": "default"}
-    quiet = run_cli("ocr", str(tmp_path / "r.png"), "-q", "--model", str(trained_model), env=env)
+    quiet = run_cli("ocr", str(tmp_path / "r.png"), "-q", "--model", str(trained_model), env=env, fresh=True)
     assert quiet.returncode == 0 and quiet.stdout and quiet.stderr == ""
-    normal = run_cli("ocr", str(tmp_path / "r.png"), "--model", str(trained_model), env=env)
+    normal = run_cli("ocr", str(tmp_path / "r.png"), "--model", str(trained_model), env=env, fresh=True)
     assert normal.returncode == 0 and normal.stderr
     assert all(line.startswith("kosmos25: ") for line in normal.stderr.splitlines()), normal.stderr
 
