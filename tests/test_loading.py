@@ -36,7 +36,8 @@ def test_missing_folder_is_model_unavailable(tmp_path):
     with pytest.raises(ModelUnavailable) as caught:
         ModelRunner(RunnerSettings(model=str(tmp_path / "nowhere")))
     assert "no such folder" in caught.value.message
-    assert "--model" in caught.value.message and "HF_HUB_OFFLINE=1" in caught.value.message
+    assert "pass the folder that holds the model's config.json" in caught.value.message
+    assert "hf download microsoft/kosmos-2.5" in caught.value.message and "HF_HUB_OFFLINE" not in caught.value.message
 
 
 def test_wrong_architecture_is_model_unavailable(tmp_path):
@@ -49,5 +50,9 @@ def test_wrong_architecture_is_model_unavailable(tmp_path):
 
 def test_uncached_hub_id_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelUnavailable, match="not in the local cache and HF_HUB_OFFLINE is set"):
+    with pytest.raises(ModelUnavailable) as caught:
         ModelRunner(RunnerSettings(model="someone/not-cached-kosmos"))
+    assert "not in the local cache and HF_HUB_OFFLINE is set (and there is no folder someone/not-cached-kosmos here)" in (
+        caught.value.message
+    )
+    assert caught.value.message.endswith("(or set KOSMOS25_MODEL); or unset HF_HUB_OFFLINE to download it.")

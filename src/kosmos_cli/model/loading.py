@@ -97,14 +97,14 @@ def _hub_reachable() -> bool:
         return False
 
 
-def _unavailable(model: str, tried: str, reason: str) -> ModelUnavailable:
-    return ModelUnavailable(
-        f"Cannot load the KOSMOS-2.5 model '{model}': {reason} (tried: {tried}). "
-        "To fix: on a machine with internet access run "
-        "'hf download microsoft/kosmos-2.5 --local-dir kosmos-2.5', copy that folder here and pass "
-        "--model ./kosmos-2.5 (or set KOSMOS25_MODEL); if the model is already in the Hugging Face cache, "
-        "set HF_HUB_OFFLINE=1."
-    )
+_GET_THE_MODEL = (
+    "on a machine with internet access run 'hf download microsoft/kosmos-2.5 --local-dir kosmos-2.5', "
+    "copy that folder here and pass --model ./kosmos-2.5 (or set KOSMOS25_MODEL)"
+)
+
+
+def _unavailable(model: str, tried: str, reason: str, fix: str = _GET_THE_MODEL) -> ModelUnavailable:
+    return ModelUnavailable(f"Cannot load the KOSMOS-2.5 model '{model}': {reason} (tried: {tried}). To fix: {fix}.")
 
 
 def _locate(model: str, revision: str | None) -> tuple[str, dict, str]:
@@ -120,14 +120,19 @@ def _locate(model: str, revision: str | None) -> tuple[str, dict, str]:
     if local.is_dir():
         return str(local), kwargs, f"local folder {local}"
     if _looks_like_path(model) or local.exists():
-        raise _unavailable(model, f"local folder {local}", "no such folder")
+        raise _unavailable(model, f"local folder {local}", "no such folder",
+                           f"pass the folder that holds the model's config.json and weights; to get one, {_GET_THE_MODEL}")  # fmt: skip
     source, tried = model, f"Hugging Face cache for {model}"
     try:
         AutoConfig.from_pretrained(source, local_files_only=True, **kwargs)
         kwargs["local_files_only"] = True
     except OSError:
         if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-            raise _unavailable(model, tried, "not in the local cache and HF_HUB_OFFLINE is set") from None
+            reason = "not in the local cache and HF_HUB_OFFLINE is set"
+            if "/" in model:  # an id, or a relative folder that is not there
+                reason += f" (and there is no folder {local} here)"
+            fix = f"{_GET_THE_MODEL}; or unset HF_HUB_OFFLINE to download it"
+            raise _unavailable(model, tried, reason, fix) from None
         tried += " and the Hugging Face hub"
         if not _hub_reachable():
             raise _unavailable(model, tried, "not cached, and the Hugging Face hub is unreachable") from None
