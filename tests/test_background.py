@@ -71,9 +71,10 @@ def test_writer_error_surfaces_on_next_submit_and_later_jobs_are_dropped():
         raise OutputFailed("cannot write out.json: No space left on device")
 
     writer.submit(fail)
-    time.sleep(0.1)
     with pytest.raises(OutputFailed, match="No space left"):
-        writer.submit(lambda: seen.append(1))
+        for _ in range(3000):  # until the writer thread has run `fail` (at most 30 s on a busy machine)
+            writer.submit(lambda: seen.append(1))  # queued before that: dropped after it
+            time.sleep(0.01)
     writer.close()
     assert seen == []
 
