@@ -10,8 +10,9 @@ local run, so outputs, sidecars, resume, messages and exit codes are the local o
 A worker that dies is replaced and its unfinished work redone; work that was shared
 with others is then tried one document (or range) at a time, so a file that kills
 workers is found and failed after `max_attempts` tries, costing only itself. A worker
-that dies while loading the model is replaced without charging any work; `max_attempts`
-such deaths in a row end the run (ModelUnavailable).
+that dies while loading the model is replaced without charging any work; after
+`max_attempts` such deaths in a row its place is given up, and the run goes on with the
+others (ModelUnavailable when none is left).
 
 Ray is imported only when `--ray` is given (`ray_connect.connect`).
 """
@@ -180,6 +181,7 @@ class RayRun:
         running: dict = {worker.ready.remote(): (index, None) for index, worker in enumerate(workers)}
         idle: list[int] = []
         load_deaths = [0] * len(workers)  # in a row, per place in the pool
+        places = len(workers)  # places not given up
         while queue or any(task is not None for _, task in running.values()):
             while queue and idle:
                 index = idle.pop()
@@ -193,17 +195,19 @@ class RayRun:
             try:
                 answer = self.ray.get(future)
             except RayActorError as error:
-                if task is None:
-                    load_deaths[index] += 1
-                    self._check_load_death(error, load_deaths[index])
                 # The worker died (killed, out of memory, crashed in native code, its node
                 # gone): replace it, and redo its work one unit at a time so a unit that kills
                 # is found. Deaths while loading are not charged to any unit.
                 self.ray.kill(workers[index])
-                workers[index] = self._new_worker()
-                running[workers[index].ready.remote()] = (index, None)
                 if task is not None:
                     self._retry(queue, task, "a worker died while reading it")
+                else:
+                    load_deaths[index] += 1
+                    if self._give_up_place(error, load_deaths[index], places):
+                        places -= 1
+                        continue
+                workers[index] = self._new_worker()
+                running[workers[index].ready.remote()] = (index, None)
                 continue
             except RayTaskError as error:
                 self._retry(queue, task, f"worker error ({error.cause if error.cause else error})")
@@ -221,14 +225,21 @@ class RayRun:
             for outcome in answer:
                 self._finish_unit(outcome)
 
-    def _check_load_death(self, error, deaths: int) -> None:
-        """Raise ModelUnavailable when a worker cannot load the model: its `__init__`
-        raised, or its replacements kept dying while loading (`max_attempts` in a row)."""
+    def _give_up_place(self, error, deaths: int, places: int) -> bool:
+        """After a worker died loading the model: whether to stop replacing it (its
+        replacements died `max_attempts` times in a row: a node that cannot run it) and go
+        on with the other `places - 1`. Raises ModelUnavailable when its `__init__` raised
+        (the model cannot load anywhere) or no place would be left."""
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         if error.actor_init_failed:
             raise ModelUnavailable(f"--ray: a worker could not load the model ({reason})")
-        if deaths >= self.options.max_attempts:
+        if deaths < self.options.max_attempts:
+            return False
+        if places == 1:
             raise ModelUnavailable(f"--ray: workers died while loading the model, {deaths} times in a row ({reason})")
+        self.reporter.info(f"warning: --ray: a worker died while loading the model {deaths} times in a row; "
+                           f"going on with {places - 1} worker{'s' * (places != 2)}")  # fmt: skip
+        return True
 
     def _started(self, unit: WorkUnit) -> None:
         work = self.work[unit.key]
