@@ -32,6 +32,13 @@ def _scans(folder: Path) -> Path:
     return folder
 
 
+def _images(folder: Path, count: int) -> Path:
+    folder.mkdir(parents=True)
+    for index in range(count):
+        Image.new("RGB", (300, 200), (index * 40, 255, 255)).save(folder / f"scan-{index}.png")
+    return folder
+
+
 def _files(folder: Path) -> dict[str, bytes]:
     """The outputs (not the hidden sidecars: their unrounded confidences may differ in the
     last bits with how pages shared batches, which the outputs' 4 decimals do not show)."""
@@ -69,10 +76,7 @@ def test_ray_run_equals_local_run_and_resumes(tmp_path, trained_model, ray_addre
 
 
 def test_a_killed_worker_is_replaced_and_its_work_redone(tmp_path, random_model, ray_address):
-    scans = tmp_path / "scans"
-    scans.mkdir()
-    for index in range(6):
-        Image.new("RGB", (300, 200), (index * 40, 255, 255)).save(scans / f"scan-{index}.png")
+    scans = _images(tmp_path / "scans", 6)
     args = [str(KOSMOS25), "ocr", str(scans), "-o", str(tmp_path / "out"), "--model", str(random_model),
             "--max-new-tokens", "300", "--batch-size", "1", "--ray", "--workers", "2"]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ray_address}
@@ -169,10 +173,7 @@ def test_a_worker_killed_while_loading_is_replaced_and_one_that_keeps_dying_ends
 
 
 def test_a_place_in_the_pool_whose_workers_keep_dying_while_loading_is_given_up(tmp_path, random_model, ray_address):
-    scans = tmp_path / "scans"
-    scans.mkdir()
-    for index in range(3):
-        Image.new("RGB", (300, 200), (index * 60, 255, 255)).save(scans / f"scan-{index}.png")
+    scans = _images(tmp_path / "scans", 3)
     args = [str(KOSMOS25), "ocr", str(scans), "-o", str(tmp_path / "out"), "--model", str(random_model),
             "--max-new-tokens", "20", "--ray", "--workers", "2"]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ray_address}
