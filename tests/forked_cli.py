@@ -1,7 +1,7 @@
 """The `kosmos25` command for tests, started by forking a process that has already
 imported torch and transformers.
 
-Starting the real command spends about 7 s importing them on these 2-core machines, most of
+Starting the real command spends 3-7 s importing them on these 2-core machines, most of
 what a tiny model's run costs; there are some 60 such runs in the suite. A fork costs
 milliseconds. The child is still a process of its own: its own arguments, environment,
 working directory, stdin, stdout, stderr and exit code, running the console script's

@@ -120,8 +120,8 @@ def _locate(model: str, revision: str | None) -> tuple[str, dict, str]:
     if local.is_dir():
         return str(local), kwargs, f"local folder {local}"
     if _looks_like_path(model) or local.exists():
-        raise _unavailable(model, f"local folder {local}", "no such folder",
-                           f"pass the folder that holds the model's config.json and weights; to get one, {_GET_THE_MODEL}")  # fmt: skip
+        fix = f"pass the folder that holds the model's config.json and weights; to get one, {_GET_THE_MODEL}"
+        raise _unavailable(model, f"local folder {local}", "no such folder", fix)
     source, tried = model, f"Hugging Face cache for {model}"
     try:
         AutoConfig.from_pretrained(source, local_files_only=True, **kwargs)
