@@ -48,6 +48,8 @@ class ForkedCommand:
 
     def can_run(self, env: dict[str, str]) -> bool:
         """Whether a command with `env` behaves forked as it would started afresh."""
+        if not sys.platform.startswith("linux"):  # macOS: forking after framework imports is unsafe
+            return False
         changed = {key for key in self.env.keys() | env.keys() if self.env.get(key) != env.get(key)}
         return changed <= RUNTIME_ENV
 
