@@ -77,7 +77,6 @@ class RayRun:
         self.attempts: dict[int, int] = {}
         self.ray = None
         self.cpus_each = 1.0
-        self.announced = False  # the workers' model was reported
 
     def run(self, documents: list[Document]) -> None:
         """Read every document not done yet; fills `self.summary`. Raises ModelUnavailable
@@ -182,6 +181,7 @@ class RayRun:
         idle: list[int] = []
         load_deaths = [0] * len(workers)  # in a row, per place in the pool
         places = len(workers)  # places not given up
+        announced = False  # the workers' model was reported
         while queue or any(task is not None for _, task in running.values()):
             while queue and idle:
                 index = idle.pop()
@@ -218,8 +218,8 @@ class RayRun:
             idle.append(index)
             if task is None:
                 load_deaths[index] = 0
-                if not self.announced:
-                    self.announced = True
+                if not announced:
+                    announced = True
                     self.reporter.info(f"{answer} in each of {len(workers)} Ray worker{'s' * (len(workers) != 1)}")
                 continue
             for outcome in answer:
